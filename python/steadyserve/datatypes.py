@@ -1,0 +1,96 @@
+"""KServe V2 tensor datatypes and their numpy and ONNX equivalents.
+
+One table, used by the backend (ONNX types to V2), the codec (wire bytes to
+numpy) and the runtime (safe coercion of caller arrays to the model's type).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import InvalidArgumentError
+
+# V2 datatype name -> numpy dtype (little-endian, as the protocol sends raw bytes).
+V2_TO_NUMPY: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
+
+NUMPY_TO_V2: dict[np.dtype, str] = {dt: name for name, dt in V2_TO_NUMPY.items()}
+
+# ONNX Runtime's type strings (NodeArg.type) -> V2 datatype.
+ONNX_TO_V2: dict[str, str] = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+}
+
+
+def numpy_dtype(datatype: str) -> np.dtype:
+    """The numpy dtype of a V2 datatype name; InvalidArgumentError for unknown names."""
+    try:
+        return V2_TO_NUMPY[datatype]
+    except KeyError:
+        allowed = ", ".join(V2_TO_NUMPY)
+        raise InvalidArgumentError(
+            f"unsupported datatype '{datatype}' (supported: {allowed})"
+        ) from None
+
+
+def v2_datatype(dtype: np.dtype | type) -> str:
+    """The V2 datatype name of a numpy dtype; InvalidArgumentError if it has none."""
+    dt = np.dtype(dtype).newbyteorder("<") if np.dtype(dtype).byteorder == ">" else np.dtype(dtype)
+    try:
+        return NUMPY_TO_V2[dt]
+    except KeyError:
+        raise InvalidArgumentError(f"numpy dtype {dt} has no V2 datatype") from None
+
+
+def coerce(name: str, array: np.ndarray, target: np.dtype) -> np.ndarray:
+    """Convert ``array`` to ``target`` when no value changes; refuse otherwise.
+
+    The check is a round trip: a conversion is lossless exactly when converting
+    back gives the same values (NaN counts as equal to NaN). Integer to float
+    within the mantissa, float64 holding float32 values, and widening integers
+    pass; 0.5 to an integer, 1e40 to float32 or -1 to uint8 are refused with the
+    input's name and the first value that would change.
+    """
+    if array.dtype == target:
+        return array
+    if array.dtype.kind not in "biuf" or target.kind not in "biuf":
+        raise InvalidArgumentError(
+            f"input '{name}': cannot convert {array.dtype} to {target}"
+        )
+    with np.errstate(all="ignore"):
+        converted = array.astype(target)
+        back = converted.astype(array.dtype)
+    same = back == array
+    if array.dtype.kind == "f":
+        same |= np.isnan(array) & np.isnan(back)
+    if not same.all():
+        bad = tuple(int(i) for i in np.argwhere(~same)[0])
+        raise InvalidArgumentError(
+            f"input '{name}': value {array[bad]!r} at index {list(bad)} cannot be represented "
+            f"as {NUMPY_TO_V2.get(target, target)} without loss "
+            f"(send {NUMPY_TO_V2.get(target, target)} or values that convert exactly)"
+        )
+    return converted
