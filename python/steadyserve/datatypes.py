@@ -89,8 +89,43 @@ def coerce(name: str, array: np.ndarray, target: np.dtype) -> np.ndarray:
     if not same.all():
         bad = tuple(int(i) for i in np.argwhere(~same)[0])
         raise InvalidArgumentError(
-            f"input '{name}': value {array[bad]!r} at index {list(bad)} cannot be represented "
+            f"input '{name}': value {array[bad].item()!r} at index {list(bad)} cannot be represented "
             f"as {NUMPY_TO_V2.get(target, target)} without loss "
             f"(send {NUMPY_TO_V2.get(target, target)} or values that convert exactly)"
         )
     return converted
+
+
+class TensorSpec:
+    """Name, V2 datatype and shape of a model input or output.
+
+    ``shape`` includes the batch dimension when the model batches; -1 marks a
+    dynamic dimension. Immutable and hashable.
+    """
+
+    __slots__ = ("name", "datatype", "shape")
+
+    def __init__(self, name: str, datatype: str, shape: tuple[int, ...] | list[int]):
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "datatype", datatype)
+        object.__setattr__(self, "shape", tuple(int(d) for d in shape))
+
+    def __setattr__(self, key, value):
+        raise AttributeError("TensorSpec is immutable")
+
+    def __eq__(self, other):
+        return isinstance(other, TensorSpec) and (self.name, self.datatype, self.shape) == (
+            other.name,
+            other.datatype,
+            other.shape,
+        )
+
+    def __hash__(self):
+        return hash((self.name, self.datatype, self.shape))
+
+    def __repr__(self):
+        return f"TensorSpec({self.name!r}, {self.datatype!r}, {list(self.shape)})"
+
+    @property
+    def dtype(self) -> np.dtype:
+        return numpy_dtype(self.datatype)

@@ -1,0 +1,635 @@
+"""One servable model version: the native batcher, an ONNX Runtime backend, stats.
+
+The way of a request (DESIGN.md): ``infer``/``infer_async`` check the inputs
+against the model's signature and hand them to the native batcher, which copies
+them and returns at once. Executor threads (one per configured instance) block
+in ``Batcher.next_batch`` with the GIL released, run ONNX Runtime on the whole
+batch (GIL released again while it computes), and hand each request its own rows
+of the outputs: sync callers through a ``concurrent.futures.Future``, asyncio
+callers through one ``call_soon_threadsafe`` per event loop per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import _core
+from .datatypes import TensorSpec, coerce
+from .errors import (
+    CancelledError,
+    ConfigError,
+    DeadlineExceededError,
+    InternalError,
+    InvalidArgumentError,
+    SteadyServeError,
+    UnavailableError,
+)
+
+log = logging.getLogger("steadyserve.model")
+
+PLATFORM = "onnxruntime_onnx"
+
+
+class InferResult:
+    """Outputs of one request and the model version that produced them."""
+
+    __slots__ = ("outputs", "model_name", "model_version", "parameters")
+
+    def __init__(
+        self,
+        outputs: dict[str, np.ndarray],
+        model_name: str,
+        model_version: str,
+        parameters: dict[str, Any] | None = None,
+    ):
+        self.outputs = outputs
+        self.model_name = model_name
+        self.model_version = model_version
+        self.parameters = parameters if parameters is not None else {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.outputs[name]
+
+    def __repr__(self) -> str:
+        shapes = {k: list(v.shape) for k, v in self.outputs.items()}
+        return f"InferResult({self.model_name}:{self.model_version}, {shapes})"
+
+
+@dataclass
+class Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int, count: int = 1) -> None:
+        self.count += count
+        self.ns += ns
+
+
+@dataclass
+class BatchDuration:
+    count: int = 0
+    compute_input_ns: int = 0
+    compute_infer_ns: int = 0
+    compute_output_ns: int = 0
+
+
+@dataclass
+class ModelStatistics:
+    """Triton-style statistics (ModelStatistics in the V2 extension)."""
+
+    inference_count: int = 0  # rows answered
+    execution_count: int = 0  # batches executed
+    last_inference_ms: int = 0  # wall clock, ms since the epoch
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+    batch_stats: dict[int, BatchDuration] = field(default_factory=dict)
+    refused: dict[str, int] = field(default_factory=dict)  # by grpc code name
+
+
+class _Pending:
+    """A request between submit and answer. Whoever pops it from the table answers it."""
+
+    __slots__ = ("future", "loop", "handle", "outputs", "start_ns", "timer")
+
+    def __init__(self, future, loop, outputs, start_ns):
+        self.future = future
+        self.loop = loop  # None for sync callers (future is a concurrent.futures.Future)
+        self.handle = None
+        self.outputs = outputs
+        self.start_ns = start_ns
+        self.timer = None
+
+
+def _resolve_in_loop(items: list) -> None:
+    # Runs on the event loop: the caller may have been cancelled meanwhile.
+    for future, value, failed in items:
+        if future.done():
+            continue
+        if failed:
+            future.set_exception(value)
+        else:
+            future.set_result(value)
+
+
+def _batched_specs(name: str, specs: list[TensorSpec], max_batch_size: int, kind: str):
+    """Check the signature can be served as configured; return per-tensor row shapes."""
+    row_shapes = {}
+    for spec in specs:
+        shape = spec.shape
+        if max_batch_size > 0:
+            if not shape or shape[0] not in (-1,):
+                raise ConfigError(
+                    f"model '{name}': max_batch_size is {max_batch_size} but {kind} '{spec.name}' "
+                    f"has shape {list(shape)} with no dynamic first (batch) dimension; "
+                    f"set max_batch_size: 0 in config.yaml to serve it unbatched"
+                )
+            row = shape[1:]
+        else:
+            row = shape
+        if kind == "input" and any(d < 0 for d in row):
+            raise ConfigError(
+                f"model '{name}': input '{spec.name}' has shape {list(shape)} with a dynamic "
+                f"non-batch dimension; pin it with inputs[].dims in config.yaml"
+            )
+        row_shapes[spec.name] = tuple(row)
+    return row_shapes
+
+
+class ServableModel:
+    """A loaded model version behind its own native batcher and executor threads."""
+
+    platform = PLATFORM
+
+    def __init__(self, name: str, version: str, config, backend, metrics):
+        self.name = name
+        self.version = str(version)
+        self.config = config
+        self.max_batch_size = _effective_max_batch_size(config, backend.inputs)
+        self._backend = backend
+        self._metrics = metrics
+        self.inputs: list[TensorSpec] = _resolve_specs(name, backend.inputs, config.inputs, "input")
+        self.outputs: list[TensorSpec] = _resolve_specs(
+            name, backend.outputs, config.outputs, "output"
+        )
+        self._input_rows = _batched_specs(name, self.inputs, self.max_batch_size, "input")
+        self._input_by_name = {s.name: s for s in self.inputs}
+        self._output_names = [s.name for s in self.outputs]
+        self._output_set = frozenset(self._output_names)
+        batching = config.batching
+        layout = [
+            (s.name, int(np.prod(self._input_rows[s.name], dtype=np.int64)) * s.dtype.itemsize)
+            for s in self.inputs
+        ]
+        for input_name, row_bytes in layout:
+            if row_bytes == 0:
+                raise ConfigError(f"model '{name}': input '{input_name}' has zero elements per row")
+        self._batcher = _core.Batcher(
+            name,
+            layout,
+            max_batch_size=max(1, self.max_batch_size),
+            preferred_batch_sizes=list(batching.preferred_batch_sizes),
+            max_queue_delay_us=int(batching.max_queue_delay_us),
+            max_queue_size=int(batching.max_queue_size),
+            executors=int(config.instances),
+        )
+        slo = getattr(config, "slo", None)
+        default_ms = getattr(slo, "default_deadline_ms", None) if slo is not None else None
+        self._default_deadline_ns = int(default_ms * 1e6) if default_ms else None
+        self._pending: dict[int, _Pending] = {}
+        self._tokens = itertools.count(1)
+        self._stats = ModelStatistics()
+        self._stats_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self.ready = False
+        self._closed = False
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self, warmup: bool = True) -> None:
+        """Warm up (seeding the latency model), start the executors, become ready."""
+        if warmup:
+            self._warmup()
+        for i in range(int(self.config.instances)):
+            thread = threading.Thread(
+                target=self._executor_loop,
+                name=f"steadyserve-exec-{self.name}-{self.version}-{i}",
+                daemon=True,
+            )
+            thread.start()
+            self._threads.append(thread)
+        self.ready = True
+        self._metrics.ready.set(1)
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Stop accepting, execute everything already accepted, join the executors."""
+        if self._closed:
+            return
+        self._closed = True
+        self.ready = False
+        self._metrics.ready.set(0)
+        self._batcher.stop()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        stuck = [t.name for t in self._threads if t.is_alive()]
+        if stuck:
+            log.error("executors did not stop in time", extra={"threads": stuck})
+        self._backend.close()
+
+    def _warmup_batch_sizes(self) -> list[int]:
+        if self.max_batch_size == 0:
+            return [1]
+        sizes = {1, self.max_batch_size, *self.config.batching.preferred_batch_sizes}
+        size = 2
+        while size < self.max_batch_size:
+            sizes.add(size)
+            size *= 2
+        return sorted(sizes)
+
+    def _zeros(self, rows: int) -> dict[str, np.ndarray]:
+        feeds = {}
+        for spec in self.inputs:
+            shape = self._input_rows[spec.name]
+            full = (rows, *shape) if self.max_batch_size > 0 else shape
+            feeds[spec.name] = np.zeros(full, dtype=spec.dtype)
+        return feeds
+
+    def _warmup(self) -> None:
+        timings = self._backend.warmup(self._zeros, self._warmup_batch_sizes())
+        for rows, seconds in timings.items():
+            self._batcher.record_latency(rows, int(seconds * 1e9))
+
+    # ----------------------------------------------------------------- requests
+
+    def _prepare(self, inputs: Mapping[str, Any], outputs: Sequence[str] | None):
+        """Check and convert the caller's tensors; return (arrays in input order, rows)."""
+        if not isinstance(inputs, Mapping):
+            raise InvalidArgumentError(
+                f"model '{self.name}': inputs must be a mapping of input name to array"
+            )
+        for input_name in inputs:
+            if input_name not in self._input_by_name:
+                known = ", ".join(self._input_by_name)
+                raise InvalidArgumentError(
+                    f"model '{self.name}' has no input '{input_name}' (inputs: {known})"
+                )
+        if outputs is not None:
+            for output_name in outputs:
+                if output_name not in self._output_set:
+                    known = ", ".join(self._output_names)
+                    raise InvalidArgumentError(
+                        f"model '{self.name}' has no output '{output_name}' (outputs: {known})"
+                    )
+        arrays = []
+        rows = None
+        for spec in self.inputs:
+            if spec.name not in inputs:
+                raise InvalidArgumentError(
+                    f"model '{self.name}': missing input '{spec.name}' "
+                    f"({spec.datatype} {list(spec.shape)})"
+                )
+            array = np.asarray(inputs[spec.name])
+            array = coerce(spec.name, array, spec.dtype)
+            row_shape = self._input_rows[spec.name]
+            if self.max_batch_size > 0:
+                if array.ndim != len(row_shape) + 1 or tuple(array.shape[1:]) != row_shape:
+                    raise InvalidArgumentError(
+                        f"model '{self.name}': input '{spec.name}' has shape {list(array.shape)}, "
+                        f"expected {list((-1, *row_shape))}"
+                    )
+                n = int(array.shape[0])
+                if n == 0:
+                    raise InvalidArgumentError(
+                        f"model '{self.name}': input '{spec.name}' has 0 rows (shape "
+                        f"{list(array.shape)}); send at least one row"
+                    )
+                if n > self.max_batch_size:
+                    raise InvalidArgumentError(
+                        f"model '{self.name}': input '{spec.name}' has {n} rows, more than "
+                        f"max_batch_size {self.max_batch_size}; split the request"
+                    )
+                if rows is not None and n != rows:
+                    raise InvalidArgumentError(
+                        f"model '{self.name}': input '{spec.name}' has {n} rows but the other "
+                        f"inputs have {rows}; every input needs the same batch size"
+                    )
+                rows = n
+            else:
+                if tuple(array.shape) != row_shape:
+                    raise InvalidArgumentError(
+                        f"model '{self.name}': input '{spec.name}' has shape {list(array.shape)}, "
+                        f"expected {list(row_shape)}"
+                    )
+                rows = 1
+            arrays.append(np.ascontiguousarray(array))
+        return arrays, rows
+
+    def _deadline(self, deadline_ns: int | None) -> int:
+        if deadline_ns is None and self._default_deadline_ns is not None:
+            return time.monotonic_ns() + self._default_deadline_ns
+        return int(deadline_ns or 0)
+
+    def _submit(self, inputs, outputs, deadline_ns, priority, future, loop) -> tuple[int, _Pending]:
+        start_ns = time.monotonic_ns()
+        try:
+            if self._closed:
+                raise UnavailableError(f"model '{self.name}' version {self.version} is stopping")
+            arrays, rows = self._prepare(inputs, outputs)
+            deadline = self._deadline(deadline_ns)
+            token = next(self._tokens)
+            pending = _Pending(future, loop, outputs, start_ns)
+            self._pending[token] = pending  # before submit: an executor may answer at once
+            try:
+                pending.handle = self._batcher.submit(token, arrays, rows, deadline, int(priority))
+            except BaseException:
+                self._pending.pop(token, None)
+                raise
+        except SteadyServeError as error:
+            self._count_refusal(error)
+            raise
+        return token, pending
+
+    def infer(
+        self,
+        inputs: Mapping[str, Any],
+        *,
+        deadline_ns: int | None = None,
+        priority: int = 0,
+        outputs: Sequence[str] | None = None,
+    ) -> InferResult:
+        """Run one request (thread-safe); concurrent callers share batches."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        token, pending = self._submit(inputs, outputs, deadline_ns, priority, future, None)
+        deadline = self._deadline(deadline_ns)
+        timeout = None if not deadline else max(0.0, (deadline - time.monotonic_ns()) / 1e9)
+        try:
+            return future.result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            if self._expire(token):
+                raise DeadlineExceededError(
+                    f"model '{self.name}': deadline exceeded while queued"
+                ) from None
+            return future.result()  # answered in the meantime
+
+    async def infer_async(
+        self,
+        inputs: Mapping[str, Any],
+        *,
+        deadline_ns: int | None = None,
+        priority: int = 0,
+        outputs: Sequence[str] | None = None,
+    ) -> InferResult:
+        """Run one request from asyncio; cancelling the await withdraws it if still queued."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        token, pending = self._submit(inputs, outputs, deadline_ns, priority, future, loop)
+        deadline = self._deadline(deadline_ns)
+        if deadline:
+            # asyncio's clock is time.monotonic, the core's is the same monotonic clock.
+            pending.timer = loop.call_at(deadline / 1e9, self._expire, token)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if self._pending.pop(token, None) is not None and pending.handle is not None:
+                self._batcher.cancel(pending.handle)
+                self._count_refusal(CancelledError("cancelled"))
+            raise
+        finally:
+            if pending.timer is not None:
+                pending.timer.cancel()
+
+    def _expire(self, token: int) -> bool:
+        """Answer a request DEADLINE_EXCEEDED now, if nobody has answered it yet."""
+        pending = self._pending.pop(token, None)
+        if pending is None:
+            return False
+        if pending.handle is not None:
+            self._batcher.cancel(pending.handle)
+        error = DeadlineExceededError(f"model '{self.name}': deadline exceeded before execution")
+        self._record_failure(pending, error)
+        # Sync callers: we run in their thread; async: on their loop (a loop timer).
+        if not pending.future.done():
+            pending.future.set_exception(error)
+        return True
+
+    # ----------------------------------------------------------------- executor
+
+    def _executor_loop(self) -> None:
+        batcher = self._batcher
+        while True:
+            dispatched = batcher.next_batch(None)
+            if dispatched is None:
+                continue
+            (buffer, rows, tokens, offsets, counts, enqueue_ns, views, dropped, _codes, stopped) = (
+                dispatched
+            )
+            if len(dropped):
+                self._answer_dropped(dropped)
+            if rows:
+                try:
+                    self._execute(buffer, rows, tokens, offsets, counts, enqueue_ns, views)
+                except BaseException:  # never let one batch kill the executor
+                    log.exception("executor failed outside the model run")
+            if stopped:
+                return
+
+    def _answer_dropped(self, tokens) -> None:
+        error = DeadlineExceededError(
+            f"model '{self.name}': deadline passed while queued; the request was not executed"
+        )
+        self._deliver([(self._pending.pop(int(t), None), error, True) for t in tokens])
+
+    def _execute(self, buffer, rows, tokens, offsets, counts, enqueue_ns, views) -> None:
+        formed_ns = time.monotonic_ns()
+        t0 = time.perf_counter_ns()
+        feeds = {}
+        for spec, view in zip(self.inputs, views):
+            row_shape = self._input_rows[spec.name]
+            shape = (rows, *row_shape) if self.max_batch_size > 0 else row_shape
+            feeds[spec.name] = view.view(spec.dtype).reshape(shape)
+        t1 = time.perf_counter_ns()
+        error: SteadyServeError | None = None
+        outputs: dict[str, np.ndarray] = {}
+        try:
+            outputs = self._backend.run(feeds, self._output_names)
+        except SteadyServeError as e:
+            error = e
+        except Exception as e:  # an unexpected backend failure still fails only this batch
+            error = InternalError(f"model '{self.name}' version {self.version} failed: {e}")
+        t2 = time.perf_counter_ns()
+        self._batcher.complete(buffer, rows, t2 - t1)  # the buffer is free again
+        if error is None and self.max_batch_size > 0:
+            for name, out in outputs.items():
+                if out.ndim == 0 or out.shape[0] != rows:
+                    error = InternalError(
+                        f"model '{self.name}': output '{name}' has shape {list(out.shape)}, "
+                        f"expected {rows} rows for a batch of {rows}"
+                    )
+                    break
+        deliveries = []
+        for k in range(len(tokens)):
+            pending = self._pending.pop(int(tokens[k]), None)
+            if pending is None:
+                continue  # expired or cancelled while its batch ran
+            if error is not None:
+                deliveries.append((pending, error, True))
+                continue
+            if self.max_batch_size > 0:
+                lo = int(offsets[k])
+                hi = lo + int(counts[k])
+                names = pending.outputs or self._output_names
+                result = {n: outputs[n][lo:hi] for n in names}
+            else:
+                names = pending.outputs or self._output_names
+                result = {n: outputs[n] for n in names}
+            deliveries.append((pending, InferResult(result, self.name, self.version), False))
+        t3 = time.perf_counter_ns()
+        self._deliver(deliveries)
+        self._record_batch(rows, formed_ns, enqueue_ns, t1 - t0, t2 - t1, t3 - t2, error)
+
+    def _deliver(self, deliveries) -> None:
+        """Answer requests: sync futures directly, each event loop once for the whole batch."""
+        by_loop: dict[Any, list] = {}
+        now = time.monotonic_ns()
+        for pending, value, failed in deliveries:
+            if pending is None:
+                continue
+            if failed:
+                self._record_failure(pending, value, now)
+            else:
+                self._record_success(pending, now)
+            if pending.loop is None:
+                if not pending.future.done():
+                    if failed:
+                        pending.future.set_exception(value)
+                    else:
+                        pending.future.set_result(value)
+            else:
+                by_loop.setdefault(pending.loop, []).append((pending.future, value, failed))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_resolve_in_loop, items)
+            except RuntimeError:
+                log.warning("event loop closed before its answers could be delivered")
+
+    # ----------------------------------------------------------------- stats
+
+    def _count_refusal(self, error: SteadyServeError) -> None:
+        code = error.grpc_code
+        with self._stats_lock:
+            self._stats.refused[code] = self._stats.refused.get(code, 0) + 1
+        self._metrics.request_done(code.lower())
+
+    def _record_success(self, pending: _Pending, now: int) -> None:
+        elapsed = now - pending.start_ns
+        with self._stats_lock:
+            self._stats.success.add(elapsed)
+        self._metrics.request_done("success", elapsed / 1e9)
+
+    def _record_failure(self, pending: _Pending, error: SteadyServeError, now: int | None = None):
+        elapsed = (now or time.monotonic_ns()) - pending.start_ns
+        with self._stats_lock:
+            self._stats.fail.add(elapsed)
+        self._metrics.request_done(error.grpc_code.lower(), elapsed / 1e9)
+
+    def _record_batch(self, rows, formed_ns, enqueue_ns, input_ns, infer_ns, output_ns, error):
+        queue_ns = [formed_ns - int(e) for e in enqueue_ns]
+        with self._stats_lock:
+            s = self._stats
+            s.execution_count += 1
+            if error is None:
+                s.inference_count += rows
+            s.last_inference_ms = int(time.time() * 1000)
+            for q in queue_ns:
+                s.queue.add(max(0, q))
+            n = len(queue_ns)
+            s.compute_input.add(input_ns * n, n)
+            s.compute_infer.add(infer_ns * n, n)
+            s.compute_output.add(output_ns * n, n)
+            b = s.batch_stats.setdefault(rows, BatchDuration())
+            b.count += 1
+            b.compute_input_ns += input_ns
+            b.compute_infer_ns += infer_ns
+            b.compute_output_ns += output_ns
+        for q in queue_ns:
+            self._metrics.queue_duration.observe(max(0, q) / 1e9)
+        self._metrics.batch_done(rows, infer_ns / 1e9)
+        self._metrics.queue_depth.set(self._batcher.queued_requests)
+
+    def statistics(self) -> ModelStatistics:
+        with self._stats_lock:
+            s = self._stats
+            return ModelStatistics(
+                inference_count=s.inference_count,
+                execution_count=s.execution_count,
+                last_inference_ms=s.last_inference_ms,
+                success=Duration(s.success.count, s.success.ns),
+                fail=Duration(s.fail.count, s.fail.ns),
+                queue=Duration(s.queue.count, s.queue.ns),
+                compute_input=Duration(s.compute_input.count, s.compute_input.ns),
+                compute_infer=Duration(s.compute_infer.count, s.compute_infer.ns),
+                compute_output=Duration(s.compute_output.count, s.compute_output.ns),
+                batch_stats={k: BatchDuration(**vars(v)) for k, v in s.batch_stats.items()},
+                refused=dict(s.refused),
+            )
+
+    def batcher_stats(self) -> dict[str, int]:
+        return self._batcher.stats()
+
+    @property
+    def queue_depth(self) -> int:
+        return self._batcher.queued_requests
+
+    def estimate_ms(self, rows: int) -> float:
+        """The latency model's execution estimate for a batch of ``rows`` rows."""
+        return self._batcher.estimate_ns(rows) / 1e6
+
+
+def _resolve_specs(name: str, model_specs, configured, kind: str) -> list[TensorSpec]:
+    """The model file's signature, with dims pinned by config.yaml where given."""
+    by_name = {s.name: s for s in model_specs}
+    overrides = {}
+    for entry in configured or ():
+        if entry.name not in by_name:
+            known = ", ".join(by_name)
+            raise ConfigError(
+                f"model '{name}': config.yaml names {kind} '{entry.name}', which the model "
+                f"file does not have ({kind}s: {known})"
+            )
+        overrides[entry.name] = entry
+    resolved = []
+    for spec in model_specs:
+        entry = overrides.get(spec.name)
+        shape = spec.shape
+        if entry is not None:
+            if entry.datatype is not None and entry.datatype != spec.datatype:
+                raise ConfigError(
+                    f"model '{name}': config.yaml gives {kind} '{spec.name}' datatype "
+                    f"{entry.datatype} but the model file says {spec.datatype}"
+                )
+            if entry.dims is not None:
+                shape = _pin_dims(name, spec, entry.dims, kind)
+        resolved.append(TensorSpec(spec.name, spec.datatype, shape))
+    return resolved
+
+
+def _pin_dims(name: str, spec: TensorSpec, dims, kind: str) -> tuple[int, ...]:
+    """Apply configured non-batch dims to the model's shape (batch dim kept first)."""
+    model_row = spec.shape[1:] if spec.shape and spec.shape[0] == -1 else spec.shape
+    head = spec.shape[:1] if spec.shape and spec.shape[0] == -1 else ()
+    if len(dims) != len(model_row):
+        raise ConfigError(
+            f"model '{name}': config.yaml dims {list(dims)} for {kind} '{spec.name}' have rank "
+            f"{len(dims)}, the model's non-batch shape {list(model_row)} has rank {len(model_row)}"
+        )
+    for configured, actual in zip(dims, model_row):
+        if actual >= 0 and configured != actual:
+            raise ConfigError(
+                f"model '{name}': config.yaml dims {list(dims)} for {kind} '{spec.name}' "
+                f"contradict the model's shape {list(spec.shape)}"
+            )
+    return (*head, *(int(d) for d in dims))
+
+
+def _effective_max_batch_size(config, model_inputs: list[TensorSpec]) -> int:
+    """config.max_batch_size, except that a model without a dynamic first dimension and
+    no explicit max_batch_size in config.yaml is served unbatched (works with no config)."""
+    explicit = "max_batch_size" in getattr(config, "model_fields_set", ())
+    batchable = all(s.shape and s.shape[0] == -1 for s in model_inputs)
+    if not explicit and not batchable:
+        return 0
+    return int(config.max_batch_size)

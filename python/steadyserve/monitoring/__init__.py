@@ -1,0 +1,1 @@
+"""Monitoring: Prometheus metrics (and, as they land, drift, alerts, structured logs)."""

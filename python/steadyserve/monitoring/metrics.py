@@ -1,0 +1,103 @@
+"""Prometheus metrics of a Runtime.
+
+Each Runtime owns a CollectorRegistry (so several runtimes, e.g. in tests, never
+collide in the global one). Label children are bound once per model version in
+``ModelMetrics``: looking a child up by labels on every request costs more than
+the observation itself.
+
+Names follow Prometheus conventions: counters end in ``_total`` (added by the
+client library), durations are ``_seconds`` histograms, labels ``model`` and
+``version``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Request latency on a serving path runs from ~100 µs (in-process) to seconds.
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Metrics:
+    """The metric families; one instance per Runtime."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry if registry is not None else CollectorRegistry()
+        labels = ["model", "version"]
+        r = self.registry
+        self.requests = Counter(
+            "steadyserve_requests",
+            "Inference requests by outcome (success or the gRPC status code name, lower case).",
+            labels + ["outcome"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "steadyserve_request_duration_seconds",
+            "Time from a request reaching the model to its answer (queue + compute).",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_duration = Histogram(
+            "steadyserve_queue_duration_seconds",
+            "Time a request waited in the batcher queue before its batch formed.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.compute_duration = Histogram(
+            "steadyserve_compute_duration_seconds",
+            "ONNX Runtime execution time per batch.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "steadyserve_batch_size",
+            "Rows per executed batch.",
+            labels,
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "steadyserve_queue_depth", "Requests waiting in the batcher queue.", labels, registry=r
+        )
+        self.model_ready = Gauge(
+            "steadyserve_model_ready", "1 when the model version is ready to serve.", labels,
+            registry=r,
+        )
+
+    def for_model(self, name: str, version: str) -> ModelMetrics:
+        return ModelMetrics(self, name, version)
+
+
+class ModelMetrics:
+    """The children of every family for one model version."""
+
+    def __init__(self, metrics: Metrics, name: str, version: str):
+        self._metrics = metrics
+        self._labels = (name, version)
+        self._outcomes: dict[str, Counter] = {}
+        self.request_duration = metrics.request_duration.labels(name, version)
+        self.queue_duration = metrics.queue_duration.labels(name, version)
+        self.compute_duration = metrics.compute_duration.labels(name, version)
+        self.batch_size = metrics.batch_size.labels(name, version)
+        self.queue_depth = metrics.queue_depth.labels(name, version)
+        self.ready = metrics.model_ready.labels(name, version)
+
+    def request_done(self, outcome: str, duration_s: float | None = None) -> None:
+        counter = self._outcomes.get(outcome)
+        if counter is None:
+            counter = self._metrics.requests.labels(*self._labels, outcome)
+            self._outcomes[outcome] = counter
+        counter.inc()
+        if duration_s is not None:
+            self.request_duration.observe(duration_s)
+
+    def batch_done(self, rows: int, compute_s: float) -> None:
+        self.batch_size.observe(rows)
+        self.compute_duration.observe(compute_s)

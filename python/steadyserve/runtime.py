@@ -1,0 +1,220 @@
+"""The in-process API: a Runtime serves a model repository inside this process.
+
+Same batching, checks and errors as the server, no network: the gRPC server is
+a thin transport over a Runtime.
+
+    with steadyserve.Runtime("models/") as rt:
+        probs = rt.infer("tabular", {"features": rows})["probabilities"]
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .backends.onnx import OnnxBackend
+from .errors import ConfigError, NotFoundError, SteadyServeError, UnavailableError
+from .model import InferResult, ServableModel
+from .monitoring.metrics import Metrics
+from .repository import scan_repository, validate_model_name
+
+log = logging.getLogger("steadyserve.runtime")
+
+
+@dataclass(frozen=True)
+class ModelIndexEntry:
+    name: str
+    version: str
+    state: str  # READY | UNAVAILABLE | LOADING
+    reason: str = ""
+
+
+class Runtime:
+    """Loads every model of a repository (or the named ones) and serves them."""
+
+    def __init__(
+        self,
+        repository: str | os.PathLike,
+        *,
+        models: Iterable[str] | None = None,
+        metrics: Metrics | None = None,
+        warmup: bool = True,
+    ):
+        self.repository = Path(repository)
+        self.metrics = metrics if metrics is not None else Metrics()
+        self._lock = threading.Lock()
+        self._models: dict[str, dict[str, ServableModel]] = {}
+        self._index: dict[tuple[str, str], ModelIndexEntry] = {}
+        self._closed = False
+        sources = scan_repository(self.repository)
+        wanted = None if models is None else list(models)
+        if wanted is not None:
+            missing = [m for m in wanted if m not in sources]
+            if missing:
+                raise ConfigError(
+                    f"repository {self.repository}: no model named {', '.join(missing)} "
+                    f"(found: {', '.join(sorted(sources)) or 'none'})"
+                )
+        for name in sorted(sources):
+            if wanted is None or name in wanted:
+                self._load(sources[name], warmup)
+
+    def _load(self, source, warmup: bool) -> None:
+        if source.error is not None or source.config is None:
+            reason = source.error or "no configuration"
+            log.error("model failed to load", extra={"model": source.name, "reason": reason})
+            self._index[(source.name, "")] = ModelIndexEntry(source.name, "", "UNAVAILABLE", reason)
+            return
+        for number in source.selected_versions():
+            version = str(number)
+            path = source.versions[number]
+            started = time.monotonic()
+            try:
+                backend = OnnxBackend.load(path, source.config.onnxruntime)
+                try:
+                    model = ServableModel(
+                        source.name,
+                        version,
+                        source.config,
+                        backend,
+                        self.metrics.for_model(source.name, version),
+                    )
+                    model.start(warmup=warmup and source.config.onnxruntime.warmup)
+                except BaseException:
+                    backend.close()
+                    raise
+            except SteadyServeError as error:
+                log.error(
+                    "model version failed to load",
+                    extra={"model": source.name, "version": version, "reason": str(error)},
+                )
+                self._index[(source.name, version)] = ModelIndexEntry(
+                    source.name, version, "UNAVAILABLE", str(error)
+                )
+                continue
+            self._models.setdefault(source.name, {})[version] = model
+            self._index[(source.name, version)] = ModelIndexEntry(source.name, version, "READY")
+            log.info(
+                "model ready",
+                extra={
+                    "model": source.name,
+                    "version": version,
+                    "load_s": round(time.monotonic() - started, 3),
+                },
+            )
+
+    # ----------------------------------------------------------------- lookup
+
+    def get_model(self, name: str, version: str | None = None) -> ServableModel:
+        """The ready model version (latest when ``version`` is empty or None)."""
+        validate_model_name(name)
+        versions = self._models.get(name)
+        if not versions:
+            failed = [e for (n, _), e in self._index.items() if n == name]
+            if failed:
+                raise UnavailableError(f"model '{name}' is not ready: {failed[0].reason}")
+            known = ", ".join(self.model_names()) or "none"
+            raise NotFoundError(f"model '{name}' not found (models: {known})")
+        if version:
+            model = versions.get(str(version))
+            if model is None:
+                entry = self._index.get((name, str(version)))
+                if entry is not None:
+                    raise UnavailableError(
+                        f"model '{name}' version {version} is not ready: {entry.reason}"
+                    )
+                known = ", ".join(sorted(versions, key=int))
+                raise NotFoundError(
+                    f"model '{name}' has no version '{version}' (versions: {known})"
+                )
+        else:
+            model = versions[max(versions, key=int)]
+        if not model.ready:
+            raise UnavailableError(f"model '{name}' version {model.version} is not ready")
+        return model
+
+    def model_names(self) -> list[str]:
+        return sorted({name for name, _ in self._index})
+
+    def model_versions(self, name: str) -> list[str]:
+        return sorted(self._models.get(name, {}), key=int)
+
+    def model_index(self) -> list[ModelIndexEntry]:
+        return [self._index[k] for k in sorted(self._index)]
+
+    def models(self) -> list[ServableModel]:
+        return [m for name in sorted(self._models) for _, m in sorted(self._models[name].items())]
+
+    def ready(self) -> bool:
+        """True when every model found in the repository is serving."""
+        if self._closed:
+            return False
+        entries = self._index.values()
+        return bool(entries) and all(e.state == "READY" for e in entries) and all(
+            m.ready for m in self.models()
+        )
+
+    # ----------------------------------------------------------------- inference
+
+    @staticmethod
+    def _deadline_ns(timeout: float | None) -> int | None:
+        if timeout is None:
+            return None
+        if not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        return time.monotonic_ns() + int(timeout * 1e9)
+
+    def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, Any],
+        *,
+        version: str | None = None,
+        timeout: float | None = None,
+        priority: int = 0,
+        outputs: Sequence[str] | None = None,
+    ) -> InferResult:
+        """Run one request; blocks this thread only. ``timeout`` in seconds."""
+        deadline = self._deadline_ns(timeout)
+        return self.get_model(model, version).infer(
+            inputs, deadline_ns=deadline, priority=priority, outputs=outputs
+        )
+
+    async def infer_async(
+        self,
+        model: str,
+        inputs: Mapping[str, Any],
+        *,
+        version: str | None = None,
+        timeout: float | None = None,
+        priority: int = 0,
+        outputs: Sequence[str] | None = None,
+    ) -> InferResult:
+        """Run one request from asyncio."""
+        deadline = self._deadline_ns(timeout)
+        return await self.get_model(model, version).infer_async(
+            inputs, deadline_ns=deadline, priority=priority, outputs=outputs
+        )
+
+    # ----------------------------------------------------------------- shutdown
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Stop accepting and drain: everything accepted is answered."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        for model in self.models():
+            model.close(timeout)
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
