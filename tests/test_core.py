@@ -97,7 +97,7 @@ def test_expired_request_reported_dropped_not_batched():
 
 def test_cancel_withdraws_queued_request():
     b = make()
-    h = b.submit(1, [rows(1.0)], 1)
+    h, _ = b.submit(1, [rows(1.0)], 1)
     b.submit(2, [rows(2.0)], 1)
     assert b.cancel(h) is True
     buffer, n, tokens, *_ = b.next_batch(1.0)

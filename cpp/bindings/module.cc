@@ -62,7 +62,7 @@ class PyBatcher {
     RaiseIfError(Batcher::Create(options, &batcher_));
   }
 
-  uint64_t Submit(uint64_t token, const py::sequence& arrays, uint32_t rows, int64_t deadline_ns,
+  py::tuple Submit(uint64_t token, const py::sequence& arrays, uint32_t rows, int64_t deadline_ns,
                   uint32_t priority) {
     const auto& inputs = batcher_->options().inputs;
     const size_t n = py::len(arrays);
@@ -96,14 +96,15 @@ class PyBatcher {
       }
       ptrs[i] = static_cast<const uint8_t*>(info.ptr);
     }
-    uint64_t handle = 0;
+    SubmitResult result;
     Status status;
     {
       py::gil_scoped_release release;
-      status = batcher_->Submit(token, ptrs, n, rows, deadline_ns, priority, &handle);
+      status = batcher_->Submit(token, ptrs, n, rows, deadline_ns, priority, &result);
     }
     RaiseIfError(status);
-    return handle;
+    // (handle, evicted token or 0): tokens start at 1, so 0 means none was evicted.
+    return py::make_tuple(result.handle, result.evicted ? result.evicted_token : 0);
   }
 
   bool Cancel(uint64_t handle) { return batcher_->Cancel(handle); }
@@ -169,6 +170,8 @@ class PyBatcher {
     d["rejected_queue_full"] = s.rejected_queue_full;
     d["rejected_deadline"] = s.rejected_deadline;
     d["rejected_stopped"] = s.rejected_stopped;
+    d["rejected_admission"] = s.rejected_admission;
+    d["evicted"] = s.evicted;
     d["expired"] = s.expired;
     d["cancelled"] = s.cancelled;
     d["batches"] = s.batches;
@@ -180,7 +183,14 @@ class PyBatcher {
 
   uint32_t QueuedRequests() const { return batcher_->Stats().queued_requests; }
   int64_t EstimateNs(uint32_t rows) const { return batcher_->latency_model().EstimateNs(rows); }
-  void RecordLatency(uint32_t rows, int64_t ns) { batcher_->latency_model().Record(rows, ns); }
+  void RecordLatency(uint32_t rows, int64_t ns) {
+    batcher_->latency_model().Record(rows, ns);
+    batcher_->RefreshCap();
+  }
+  int64_t EstimateCompletionNs(uint32_t rows, uint32_t priority) const {
+    return batcher_->EstimateCompletionNs(rows, priority);
+  }
+  uint32_t BatchCap() const { return batcher_->BatchCap(); }
   const BatcherOptions& options() const { return batcher_->options(); }
 
  private:
@@ -190,7 +200,8 @@ class PyBatcher {
 BatcherOptions MakeOptions(const std::string& model, const std::vector<std::pair<std::string, uint64_t>>& inputs,
                            uint32_t max_batch_size, const std::vector<uint32_t>& preferred,
                            int64_t max_queue_delay_us, uint32_t max_queue_size, uint32_t priority_levels,
-                           uint32_t executors, int64_t slack_margin_us) {
+                           uint32_t executors, int64_t slack_margin_us, int64_t slo_latency_us,
+                           bool admission_control) {
   BatcherOptions o;
   o.model = model;
   for (const auto& [name, bytes] : inputs) o.inputs.push_back({name, bytes});
@@ -201,6 +212,8 @@ BatcherOptions MakeOptions(const std::string& model, const std::vector<std::pair
   o.priority_levels = priority_levels;
   o.executors = executors;
   o.slack_margin_ns = slack_margin_us * 1000;
+  o.slo_latency_ns = slo_latency_us * 1000;
+  o.admission_control = admission_control;
   return o;
 }
 
@@ -214,18 +227,20 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init([](const std::string& model, const std::vector<std::pair<std::string, uint64_t>>& inputs,
                        uint32_t max_batch_size, const std::vector<uint32_t>& preferred_batch_sizes,
                        int64_t max_queue_delay_us, uint32_t max_queue_size, uint32_t priority_levels,
-                       uint32_t executors, int64_t slack_margin_us) {
+                       uint32_t executors, int64_t slack_margin_us, int64_t slo_latency_us,
+                       bool admission_control) {
              return new PyBatcher(MakeOptions(model, inputs, max_batch_size, preferred_batch_sizes,
                                               max_queue_delay_us, max_queue_size, priority_levels, executors,
-                                              slack_margin_us));
+                                              slack_margin_us, slo_latency_us, admission_control));
            }),
            py::arg("model"), py::arg("inputs"), py::arg("max_batch_size"),
            py::arg("preferred_batch_sizes") = std::vector<uint32_t>{}, py::arg("max_queue_delay_us") = 0,
            py::arg("max_queue_size") = 1024, py::arg("priority_levels") = 1, py::arg("executors") = 1,
-           py::arg("slack_margin_us") = 0)
+           py::arg("slack_margin_us") = 0, py::arg("slo_latency_us") = 0,
+           py::arg("admission_control") = false)
       .def("submit", &PyBatcher::Submit, py::arg("token"), py::arg("arrays"), py::arg("rows"),
            py::arg("deadline_ns") = 0, py::arg("priority") = 0,
-           "Queue a request; returns a handle for cancel(). Raises steadyserve.errors on refusal.")
+           "Queue a request; returns (handle for cancel(), evicted token or 0). Raises steadyserve.errors on refusal.")
       .def("cancel", &PyBatcher::Cancel, py::arg("handle"), py::call_guard<py::gil_scoped_release>())
       .def(
           "next_batch",
@@ -238,5 +253,8 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("queued_requests", &PyBatcher::QueuedRequests)
       .def("estimate_ns", &PyBatcher::EstimateNs, py::arg("rows"))
       .def("record_latency", &PyBatcher::RecordLatency, py::arg("rows"), py::arg("exec_ns"))
+      .def("estimate_completion_ns", &PyBatcher::EstimateCompletionNs, py::arg("rows"), py::arg("priority") = 0,
+           "Absolute monotonic ns when a request submitted now would finish; 0 without measurements.")
+      .def_property_readonly("batch_cap", &PyBatcher::BatchCap)
       .def_property_readonly("max_batch_size", [](const PyBatcher& b) { return b.options().max_batch_size; });
 }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 
@@ -46,6 +47,8 @@ Status Batcher::Create(const BatcherOptions& o, std::unique_ptr<Batcher>* out) {
     return Status(StatusCode::kInvalidArgument, where + "executors must be in [1, 64]");
   if (o.slack_margin_ns < 0)
     return Status(StatusCode::kInvalidArgument, where + "slack margin must be >= 0");
+  if (o.slo_latency_ns < 0)
+    return Status(StatusCode::kInvalidArgument, where + "SLO latency must be >= 0");
   out->reset(new Batcher(o));
   return Status::Ok();
 }
@@ -61,6 +64,10 @@ Batcher::Batcher(const BatcherOptions& o) : options_(o), latency_(o.max_batch_si
     free_slots_.push_back(i);
   }
   levels_.resize(o.priority_levels);
+  level_rows_.assign(o.priority_levels, 0);
+  batch_cap_ = o.max_batch_size;
+  inflight_start_ns_.assign(o.executors, 0);
+  inflight_rows_.assign(o.executors, 0);
   for (auto& level : levels_) level.items.assign(n_slots, 0);
   buffers_.resize(o.executors);
   for (auto& buffer : buffers_) {
@@ -73,7 +80,8 @@ Batcher::Batcher(const BatcherOptions& o) : options_(o), latency_(o.max_batch_si
 Batcher::~Batcher() = default;
 
 Status Batcher::Submit(uint64_t token, const uint8_t* const* inputs, size_t n_inputs, uint32_t rows,
-                       int64_t deadline_ns, uint32_t priority, uint64_t* handle) {
+                       int64_t deadline_ns, uint32_t priority, SubmitResult* result) {
+  *result = SubmitResult();
   const auto& o = options_;
   if (n_inputs != o.inputs.size())
     return Status(StatusCode::kInvalidArgument,
@@ -95,16 +103,34 @@ Status Batcher::Submit(uint64_t token, const uint8_t* const* inputs, size_t n_in
       ++stats_.rejected_stopped;
       return Status(StatusCode::kUnavailable, ModelPrefix(o.model) + "is stopping, not accepting requests");
     }
-    if (deadline_ns != 0 && deadline_ns <= NowNs()) {
+    const int64_t now = NowNs();
+    if (deadline_ns != 0 && deadline_ns <= now) {
       ++stats_.rejected_deadline;
       return Status(StatusCode::kDeadlineExceeded,
                     ModelPrefix(o.model) + "deadline already passed when the request arrived");
     }
+    if (deadline_ns != 0 && o.admission_control) {
+      const int64_t done = EstimateCompletionLocked(now, rows, priority);
+      if (done > deadline_ns) {
+        ++stats_.rejected_admission;
+        char buf[256];
+        std::snprintf(buf, sizeof(buf),
+                      "would miss its deadline: estimated completion in %.2f ms (%u rows queued "
+                      "ahead), deadline in %.2f ms",
+                      (done - now) / 1e6, AheadRowsLocked(priority), (deadline_ns - now) / 1e6);
+        return Status(StatusCode::kDeadlineExceeded, ModelPrefix(o.model) + buf);
+      }
+    }
     if (queued_requests_ >= o.max_queue_size || free_slots_.empty()) {
-      ++stats_.rejected_queue_full;
-      return Status(StatusCode::kResourceExhausted,
-                    ModelPrefix(o.model) + "queue is full: " + std::to_string(queued_requests_) +
-                        " requests queued (max_queue_size " + std::to_string(o.max_queue_size) + ")");
+      uint64_t evicted_token = 0;
+      if (!EvictLowerLocked(priority, &evicted_token)) {
+        ++stats_.rejected_queue_full;
+        return Status(StatusCode::kResourceExhausted,
+                      ModelPrefix(o.model) + "queue is full: " + std::to_string(queued_requests_) +
+                          " requests queued (max_queue_size " + std::to_string(o.max_queue_size) + ")");
+      }
+      result->evicted = true;
+      result->evicted_token = evicted_token;
     }
     index = free_slots_.back();
     free_slots_.pop_back();
@@ -135,8 +161,9 @@ Status Batcher::Submit(uint64_t token, const uint8_t* const* inputs, size_t n_in
     levels_[priority].push(index);
     ++queued_requests_;
     queued_rows_ += rows;
+    level_rows_[priority] += rows;
     ++stats_.submitted;
-    *handle = (static_cast<uint64_t>(slot.generation) << 32) | index;
+    result->handle = (static_cast<uint64_t>(slot.generation) << 32) | index;
   }
   cv_.notify_one();
   return Status::Ok();
@@ -152,6 +179,7 @@ bool Batcher::Cancel(uint64_t handle) {
   slot.state = SlotState::kCancelled;  // popped (and freed) by the next dispatcher pass
   --queued_requests_;
   queued_rows_ -= slot.rows;
+  level_rows_[slot.priority] -= slot.rows;
   ++stats_.cancelled;
   return true;
 }
@@ -175,6 +203,7 @@ void Batcher::PruneHeadsLocked(int64_t now, Batch* batch) {
         level.pop();
         --queued_requests_;
         queued_rows_ -= slot.rows;
+        level_rows_[slot.priority] -= slot.rows;
         ++stats_.expired;
         batch->dropped.push_back({slot.token, StatusCode::kDeadlineExceeded});
         FreeSlotLocked(index);
@@ -189,7 +218,80 @@ uint32_t Batcher::TargetRows() const {
   uint32_t target = options_.max_batch_size;
   if (!options_.preferred_batch_sizes.empty())
     target = *std::max_element(options_.preferred_batch_sizes.begin(), options_.preferred_batch_sizes.end());
-  return target;
+  return std::min(target, batch_cap_);
+}
+
+uint32_t Batcher::AheadRowsLocked(uint32_t priority) const {
+  uint32_t ahead = 0;
+  for (uint32_t l = 0; l <= priority && l < level_rows_.size(); ++l) ahead += level_rows_[l];
+  return ahead;
+}
+
+int64_t Batcher::EstimateCompletionLocked(int64_t now, uint32_t rows, uint32_t priority) const {
+  const uint32_t cap = std::max<uint32_t>(1, batch_cap_);
+  const int64_t full_ns = latency_.EstimateNs(cap);
+  if (full_ns == 0) return 0;  // nothing measured yet: no basis to refuse
+  // Work ahead: everything queued at this level or above, then this request,
+  // in batches of `cap` rows; plus what is left of the batches executing now.
+  const uint64_t total = static_cast<uint64_t>(AheadRowsLocked(priority)) + rows;
+  const uint64_t full = total / cap, rest = total % cap;
+  int64_t work = static_cast<int64_t>(full) * full_ns + (rest ? latency_.EstimateNs(static_cast<uint32_t>(rest)) : 0);
+  for (size_t b = 0; b < inflight_start_ns_.size(); ++b) {
+    if (inflight_start_ns_[b] == 0) continue;
+    work += std::max<int64_t>(0, inflight_start_ns_[b] + latency_.EstimateNs(inflight_rows_[b]) - now);
+  }
+  return now + work / static_cast<int64_t>(options_.executors) + options_.slack_margin_ns;
+}
+
+int64_t Batcher::EstimateCompletionNs(uint32_t rows, uint32_t priority) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return EstimateCompletionLocked(NowNs(), rows, std::min(priority, options_.priority_levels - 1));
+}
+
+bool Batcher::EvictLowerLocked(uint32_t priority, uint64_t* token) {
+  for (uint32_t l = options_.priority_levels; l-- > priority + 1;) {
+    Ring& level = levels_[l];
+    while (level.size > 0) {
+      const uint32_t index = level.back();
+      Slot& slot = slots_[index];
+      level.pop_back();
+      if (slot.state == SlotState::kCancelled) {
+        FreeSlotLocked(index);
+        continue;
+      }
+      *token = slot.token;
+      --queued_requests_;
+      queued_rows_ -= slot.rows;
+      level_rows_[l] -= slot.rows;
+      ++stats_.evicted;
+      FreeSlotLocked(index);
+      return true;
+    }
+  }
+  return false;
+}
+
+uint32_t Batcher::BatchCap() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return batch_cap_;
+}
+
+void Batcher::RefreshCap() {
+  uint32_t cap = options_.max_batch_size;
+  if (options_.slo_latency_ns > 0) {
+    // Largest size whose estimate (plus margin) fits the SLO; unmeasured sizes
+    // (estimate 0) fit until measured. Never below one row.
+    cap = 1;
+    for (uint32_t b = options_.max_batch_size; b >= 1; --b) {
+      const int64_t est = latency_.EstimateNs(b);
+      if (est + options_.slack_margin_ns <= options_.slo_latency_ns) {
+        cap = b;
+        break;
+      }
+    }
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  batch_cap_ = cap;
 }
 
 Status Batcher::NextBatch(int64_t timeout_ns, Batch* batch) {
@@ -199,11 +301,11 @@ Status Batcher::NextBatch(int64_t timeout_ns, Batch* batch) {
   batch->dropped.clear();
   const auto& o = options_;
   const int64_t give_up = timeout_ns < 0 ? kNoTime : NowNs() + timeout_ns;
-  const uint32_t target = TargetRows();
 
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
     const int64_t now = NowNs();
+    const uint32_t target = TargetRows();
     PruneHeadsLocked(now, batch);
     if (queued_requests_ == 0) {
       if (!batch->dropped.empty()) return Status::Ok();
@@ -225,7 +327,7 @@ Status Batcher::NextBatch(int64_t timeout_ns, Batch* batch) {
       oldest_ns = std::min(oldest_ns, head.enqueue_ns);
       if (head.deadline_ns != 0) earliest_deadline = std::min(earliest_deadline, head.deadline_ns);
     }
-    const uint32_t batch_rows = std::min(queued_rows_, o.max_batch_size);
+    const uint32_t batch_rows = std::min(queued_rows_, batch_cap_);
     int64_t slack_close = kNoTime;  // when the earliest deadline can no longer wait
     if (earliest_deadline != kNoTime) {
       const int64_t estimate = latency_.EstimateNs(batch_rows);
@@ -261,12 +363,13 @@ Status Batcher::NextBatch(int64_t timeout_ns, Batch* batch) {
           level.pop();
           --queued_requests_;
           queued_rows_ -= slot.rows;
+          level_rows_[slot.priority] -= slot.rows;
           ++stats_.expired;
           batch->dropped.push_back({slot.token, StatusCode::kDeadlineExceeded});
           FreeSlotLocked(index);
           continue;
         }
-        if (rows + slot.rows > o.max_batch_size) {
+        if (rows > 0 && rows + slot.rows > batch_cap_) {
           full = true;
           break;
         }
@@ -274,6 +377,7 @@ Status Batcher::NextBatch(int64_t timeout_ns, Batch* batch) {
         slot.state = SlotState::kTaken;
         --queued_requests_;
         queued_rows_ -= slot.rows;
+        level_rows_[slot.priority] -= slot.rows;
         batch->items.push_back({slot.token, rows, slot.rows, slot.enqueue_ns});
         rows += slot.rows;
         batch->slots.push_back(index);
@@ -288,6 +392,8 @@ Status Batcher::NextBatch(int64_t timeout_ns, Batch* batch) {
     batch->buffer = buffer;
     batch->rows = rows;
     batch->formed_ns = now;
+    inflight_start_ns_[buffer] = now;
+    inflight_rows_[buffer] = rows;
     ++stats_.batches;
     stats_.rows_executed += rows;
 
@@ -314,8 +420,11 @@ void Batcher::Complete(uint32_t buffer, uint32_t rows, int64_t exec_ns) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     free_buffers_.push_back(buffer);
+    inflight_start_ns_[buffer] = 0;
+    inflight_rows_[buffer] = 0;
   }
   latency_.Record(rows, exec_ns);
+  if (options_.slo_latency_ns > 0) RefreshCap();
   cv_.notify_all();
 }
 

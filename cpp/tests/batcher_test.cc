@@ -39,9 +39,9 @@ Status SubmitRows(Batcher& b, uint64_t token, uint32_t rows, int64_t deadline_ns
   for (uint32_t r = 0; r < rows; ++r)
     for (int f = 0; f < kFeatures; ++f) data[r * kFeatures + f] = static_cast<float>(token * 100 + r);
   const uint8_t* ptr = reinterpret_cast<const uint8_t*>(data.data());
-  uint64_t handle = 0;
-  Status s = b.Submit(token, &ptr, 1, rows, deadline_ns, priority, &handle);
-  if (handle_out) *handle_out = handle;
+  SubmitResult result;
+  Status s = b.Submit(token, &ptr, 1, rows, deadline_ns, priority, &result);
+  if (handle_out) *handle_out = result.handle;
   return s;
 }
 
@@ -314,6 +314,58 @@ TEST(ConcurrentProducersAndExecutors) {
   CHECK_EQ(seen_rows.load(), expected_rows);
   CHECK(batches.load() <= uint64_t{kProducers * kPerProducer});
   CHECK_EQ(b->Stats().submitted, uint64_t{kProducers * kPerProducer});
+}
+
+TEST(AdmissionRefusesWhatWouldBeLate) {
+  auto o = Options(4);
+  o.admission_control = true;
+  auto b = Make(o);
+  b->latency_model().Record(4, 10 * kMs);  // a full batch of 4 takes 10 ms
+  b->latency_model().Record(1, 4 * kMs);
+  const int64_t now = Batcher::NowNs();
+  // 8 rows queued ahead = two full batches (20 ms) before ours.
+  for (uint64_t t = 1; t <= 8; ++t) CHECK(SubmitRows(*b, t, 1, now + 10000 * kMs).ok());
+  Status late = SubmitRows(*b, 9, 1, Batcher::NowNs() + 15 * kMs);
+  CHECK(late.code() == StatusCode::kDeadlineExceeded);
+  CHECK_CONTAINS(late.message(), "estimated completion in");
+  CHECK_CONTAINS(late.message(), "8 rows queued ahead");
+  CHECK_EQ(b->Stats().rejected_admission, uint64_t{1});
+  CHECK(SubmitRows(*b, 10, 1, Batcher::NowNs() + 200 * kMs).ok());  // a loose deadline fits
+  const int64_t estimate = b->EstimateCompletionNs(1, 0) - Batcher::NowNs();
+  // 8 + 1 queued + 1 = 10 rows: two full batches (20 ms) + a batch of 2 (interpolated 6 ms).
+  CHECK(estimate > 25 * kMs && estimate < 27 * kMs);
+}
+
+TEST(HigherLevelEvictsLowerWhenFull) {
+  auto o = Options(8, 60 * 1000 * kMs, /*queue=*/2);
+  o.priority_levels = 2;
+  auto b = Make(o);
+  CHECK(SubmitRows(*b, 1, 1, 0, /*priority=*/1).ok());
+  CHECK(SubmitRows(*b, 2, 1, 0, 1).ok());
+  CHECK(SubmitRows(*b, 3, 1, 0, 1).code() == StatusCode::kResourceExhausted);  // same level: refused
+  std::vector<float> row(kFeatures, 4.f);
+  const uint8_t* ptr = reinterpret_cast<const uint8_t*>(row.data());
+  SubmitResult r;
+  CHECK(b->Submit(4, &ptr, 1, 1, 0, /*priority=*/0, &r).ok());
+  CHECK(r.evicted);
+  CHECK_EQ(r.evicted_token, uint64_t{2});  // the newest of the lower level
+  CHECK_EQ(b->Stats().evicted, uint64_t{1});
+  CHECK_EQ(b->Stats().queued_requests, 2u);
+}
+
+TEST(SloCapsBatchSize) {
+  auto o = Options(16);
+  o.slo_latency_ns = 10 * kMs;
+  auto b = Make(o);
+  b->latency_model().Record(4, 8 * kMs);
+  b->latency_model().Record(8, 16 * kMs);
+  b->RefreshCap();
+  CHECK_EQ(b->BatchCap(), 5u);  // 5 rows: interpolated 10 ms, the largest that fits
+  for (uint64_t t = 1; t <= 12; ++t) CHECK(SubmitRows(*b, t, 1).ok());
+  Batch batch;
+  CHECK(b->NextBatch(-1, &batch).ok());
+  CHECK_EQ(batch.rows, 5u);
+  b->Complete(batch.buffer, batch.rows, 10 * kMs);
 }
 
 TEST_MAIN()

@@ -31,6 +31,7 @@ from .errors import (
     DeadlineExceededError,
     InternalError,
     InvalidArgumentError,
+    ResourceExhaustedError,
     SteadyServeError,
     UnavailableError,
 )
@@ -334,10 +335,14 @@ class ServableModel:
             pending = _Pending(future, loop, outputs, start_ns)
             self._pending[token] = pending  # before submit: an executor may answer at once
             try:
-                pending.handle = self._batcher.submit(token, arrays, rows, deadline, int(priority))
+                pending.handle, evicted = self._batcher.submit(
+                    token, arrays, rows, deadline, int(priority)
+                )
             except BaseException:
                 self._pending.pop(token, None)
                 raise
+            if evicted:
+                self._answer_evicted(evicted)
         except SteadyServeError as error:
             self._count_refusal(error)
             raise
@@ -426,6 +431,13 @@ class ServableModel:
                     log.exception("executor failed outside the model run")
             if stopped:
                 return
+
+    def _answer_evicted(self, token: int) -> None:
+        error = ResourceExhaustedError(
+            f"model '{self.name}': shed from a full queue to make room for a request of "
+            f"higher priority"
+        )
+        self._deliver([(self._pending.pop(int(token), None), error, True)])
 
     def _answer_dropped(self, tokens) -> None:
         error = DeadlineExceededError(

@@ -55,6 +55,17 @@ struct BatcherOptions {
   uint32_t priority_levels = 1;                // level 0 is served first, >= 1
   uint32_t executors = 1;                      // batch buffers = concurrent NextBatch callers
   int64_t slack_margin_ns = 0;                 // added to execution estimates, >= 0
+  int64_t slo_latency_ns = 0;                  // > 0: cap batches so estimated execution + margin fits
+  bool admission_control = false;              // refuse at submit when the estimate misses the deadline
+};
+
+// What Submit did besides queueing: a full queue may make room for a request of
+// a higher priority level by evicting the newest request of a lower one. The
+// caller answers the evicted request (RESOURCE_EXHAUSTED).
+struct SubmitResult {
+  uint64_t handle = 0;
+  bool evicted = false;
+  uint64_t evicted_token = 0;
 };
 
 struct BatchItem {
@@ -86,6 +97,8 @@ struct BatcherStats {
   uint64_t rejected_queue_full = 0;
   uint64_t rejected_deadline = 0;  // deadline already passed at submit
   uint64_t rejected_stopped = 0;
+  uint64_t rejected_admission = 0; // estimated completion after the deadline
+  uint64_t evicted = 0;            // shed from a lower priority level for a higher one
   uint64_t expired = 0;            // deadline passed while queued, never executed
   uint64_t cancelled = 0;
   uint64_t batches = 0;
@@ -104,12 +117,23 @@ class Batcher {
 
   // Queues one request of `rows` rows. inputs[i] points to rows * row_bytes(i)
   // bytes (read only during the call). deadline_ns: absolute steady-clock time,
-  // 0 for none. priority: 0 .. priority_levels-1. On OK *handle identifies the
-  // request for Cancel. Errors: INVALID_ARGUMENT (rows, input count, priority),
-  // DEADLINE_EXCEEDED (already past), RESOURCE_EXHAUSTED (queue full),
-  // UNAVAILABLE (stopping).
+  // 0 for none. priority: 0 .. priority_levels-1. On OK result->handle
+  // identifies the request for Cancel. Errors: INVALID_ARGUMENT (rows, input
+  // count, priority), DEADLINE_EXCEEDED (already past, or with admission
+  // control: estimated to finish after it), RESOURCE_EXHAUSTED (queue full and
+  // nothing of a lower level to shed), UNAVAILABLE (stopping).
   Status Submit(uint64_t token, const uint8_t* const* inputs, size_t n_inputs, uint32_t rows,
-                int64_t deadline_ns, uint32_t priority, uint64_t* handle);
+                int64_t deadline_ns, uint32_t priority, SubmitResult* result);
+
+  // When a request of `rows` rows at `priority` submitted now would finish:
+  // absolute steady-clock ns, or 0 while the latency model has no data.
+  int64_t EstimateCompletionNs(uint32_t rows, uint32_t priority) const;
+
+  // Largest batch the dispatcher forms now (max_batch_size, or less to fit the SLO).
+  uint32_t BatchCap() const;
+
+  // Re-derives the batch cap from the latency model (Complete does this too).
+  void RefreshCap();
 
   // Withdraws a queued request: true if it was still queued (it will never
   // execute), false if it is already in a batch, done, or unknown.
@@ -156,13 +180,19 @@ class Batcher {
     uint32_t front() const { return items[head]; }
     void push(uint32_t v) { items[(head + size) % items.size()] = v; ++size; }
     void pop() { head = (head + 1) % items.size(); --size; }
+    uint32_t back() const { return items[(head + size - 1) % items.size()]; }
+    void pop_back() { --size; }
   };
 
   explicit Batcher(const BatcherOptions& options);
   void FreeSlotLocked(uint32_t index);
+  int64_t EstimateCompletionLocked(int64_t now, uint32_t rows, uint32_t priority) const;
+  // Frees the newest queued request of the lowest level below `priority`; false if none.
+  bool EvictLowerLocked(uint32_t priority, uint64_t* token);
   // Pops cancelled and expired requests from the front of every level.
   void PruneHeadsLocked(int64_t now, Batch* batch);
   uint32_t TargetRows() const;
+  uint32_t AheadRowsLocked(uint32_t priority) const;
 
   const BatcherOptions options_;
   LatencyModel latency_;
@@ -175,12 +205,16 @@ class Batcher {
   std::vector<Ring> levels_;
   uint32_t queued_requests_ = 0;
   uint32_t queued_rows_ = 0;
+  std::vector<uint32_t> level_rows_;  // queued rows per level
+  uint32_t batch_cap_ = 0;
   uint64_t next_batch_id_ = 1;
   BatcherStats stats_;
 
   // buffers_[b][i]: batch buffer b, input i.
   std::vector<std::vector<std::vector<uint8_t>>> buffers_;
   std::vector<uint32_t> free_buffers_;
+  std::vector<int64_t> inflight_start_ns_;  // per buffer: when its batch formed, 0 when free
+  std::vector<uint32_t> inflight_rows_;
 };
 
 }  // namespace steadyserve
