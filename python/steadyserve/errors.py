@@ -52,6 +52,12 @@ class CancelledError(SteadyServeError):
     grpc_code = "CANCELLED"
 
 
+class PermissionDeniedError(SteadyServeError, PermissionError):
+    """The operation is switched off for this runtime (e.g. fault injection)."""
+
+    grpc_code = "PERMISSION_DENIED"
+
+
 class InternalError(SteadyServeError):
     """The model failed while executing a valid request."""
 
@@ -78,6 +84,7 @@ __all__ = [
     "InternalError",
     "InvalidArgumentError",
     "NotFoundError",
+    "PermissionDeniedError",
     "ResourceExhaustedError",
     "SteadyServeError",
     "UnavailableError",

@@ -155,13 +155,14 @@ class ServableModel:
 
     platform = PLATFORM
 
-    def __init__(self, name: str, version: str, config, backend, metrics):
+    def __init__(self, name: str, version: str, config, backend, metrics, faults=None):
         self.name = name
         self.version = str(version)
         self.config = config
         self.max_batch_size = _effective_max_batch_size(config, backend.inputs)
         self._backend = backend
         self._metrics = metrics
+        self.faults = faults  # a FaultInjector when fault injection is allowed, else None
         self.inputs: list[TensorSpec] = _resolve_specs(name, backend.inputs, config.inputs, "input")
         self.outputs: list[TensorSpec] = _resolve_specs(
             name, backend.outputs, config.outputs, "output"
@@ -457,7 +458,11 @@ class ServableModel:
         error: SteadyServeError | None = None
         outputs: dict[str, np.ndarray] = {}
         try:
+            if self.faults is not None:
+                self.faults.before_run()
             outputs = self._backend.run(feeds, self._output_names)
+            if self.faults is not None:
+                outputs = self.faults.after_run(outputs)
         except SteadyServeError as e:
             error = e
         except Exception as e:  # an unexpected backend failure still fails only this batch

@@ -1,0 +1,446 @@
+"""The per-model config schema (``REPO/<model>/config.yaml``) and its loader.
+
+One pydantic schema for the whole file. Every field has bounds and a
+description; the description is what the error message quotes as "allowed", so
+the rule is written once and shows up in both ``ModelConfig.model_json_schema()``
+and in the message an operator reads. A bad file fails at start-up with the
+file, the line, the dotted key, the bad value and the rule.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from .datatypes import V2_TO_NUMPY
+from .errors import ConfigError
+
+MAX_QUEUE_DELAY_US = 10_000_000
+MAX_INSTANCES = 16
+
+# Error type of our own cross-field rules; its context carries the key the rule is about.
+_RULE = "steadyserve_rule"
+
+
+def _rule_error(key: str, value: object, detail: str) -> PydanticCustomError:
+    return PydanticCustomError(_RULE, "{detail}", {"key": key, "value": value, "detail": detail})
+
+
+class _Section(BaseModel):
+    # strict: YAML already gives ints, floats and bools their types, so a quoted "8" or
+    # a `true` where a number belongs is a mistake to report, not to coerce.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class TensorConfig(_Section):
+    name: str = Field(min_length=1, description="tensor name as in the ONNX file")
+    datatype: str | None = Field(None, description="KServe V2 datatype: " + ", ".join(V2_TO_NUMPY))
+    dims: list[int] | None = Field(
+        None,
+        description="shape without the batch dimension; each dim >= 1, or -1 where the "
+        "model's own shape is dynamic",
+    )
+
+    @field_validator("datatype")
+    @classmethod
+    def _known_datatype(cls, value: str | None) -> str | None:
+        if value is not None and value not in V2_TO_NUMPY:
+            raise _rule_error("", value, f"unknown datatype {value!r}")
+        return value
+
+    @field_validator("dims")
+    @classmethod
+    def _dims(cls, value: list[int] | None) -> list[int] | None:
+        for i, d in enumerate(value or []):
+            if d == 0 or d < -1:
+                raise _rule_error(f"[{i}]", d, f"dimension {d} is not allowed")
+        return value
+
+
+class BatchingConfig(_Section):
+    preferred_batch_sizes: list[int] = Field(
+        default_factory=list,
+        description="batch sizes the batcher closes a batch at as soon as it has them; "
+        "each 1..max_batch_size, no duplicates",
+    )
+    max_queue_delay_us: int = Field(
+        0,
+        ge=0,
+        le=MAX_QUEUE_DELAY_US,
+        description=f"microseconds the batcher may hold a request waiting for more, "
+        f"0..{MAX_QUEUE_DELAY_US} (0 = never wait, batch only what is already queued)",
+    )
+    max_queue_size: int = Field(
+        1024, ge=1, description="requests the model queues before refusing more, >= 1"
+    )
+
+    @field_validator("preferred_batch_sizes")
+    @classmethod
+    def _sizes(cls, value: list[int]) -> list[int]:
+        for i, size in enumerate(value):
+            if size < 1:
+                raise _rule_error(f"[{i}]", size, "a batch size must be >= 1")
+        if len(set(value)) != len(value):
+            raise _rule_error("", value, "a size is listed twice")
+        return sorted(value)
+
+
+class OnnxRuntimeConfig(_Section):
+    device: Literal["cpu", "cuda"] = Field("cpu", description="'cpu' or 'cuda'")
+    device_id: int = Field(0, ge=0, description="CUDA device number, >= 0 (only with device: cuda)")
+    intra_op_threads: int = Field(
+        1, ge=0, description="threads inside one operator, >= 0 (0 = ONNX Runtime's default)"
+    )
+    inter_op_threads: int = Field(
+        1, ge=0, description="threads across operators, >= 0 (0 = ONNX Runtime's default)"
+    )
+    # Off by default on purpose: a spinning pool burns a whole core while idle, which
+    # on a small machine starves the server's own threads.
+    allow_spinning: bool = Field(
+        False, description="true/false: let ONNX Runtime's thread pools spin-wait for work"
+    )
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
+        "all", description="'disable', 'basic', 'extended' or 'all'"
+    )
+    warmup: bool = Field(True, description="true/false: run each batch size once before serving")
+
+    @model_validator(mode="after")
+    def _device_id_needs_cuda(self) -> OnnxRuntimeConfig:
+        if self.device == "cpu" and self.device_id != 0:
+            raise _rule_error(
+                "device_id",
+                self.device_id,
+                "device_id applies only to device: cuda; remove it or set device: cuda",
+            )
+        return self
+
+
+class SloConfig(_Section):
+    default_deadline_ms: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="deadline for requests that bring none, in ms, > 0 (omit: none)",
+    )
+
+
+def _check_versions(value: Any) -> Any:
+    # One clear message instead of pydantic's two (one per branch of the union).
+    allowed = "'latest', 'all' or a non-empty list of version numbers >= 1, e.g. [1, 2]"
+    if isinstance(value, str):
+        if value not in ("latest", "all"):
+            raise _rule_error("", value, f"expected {allowed}")
+        return value
+    if not isinstance(value, list) or not value:
+        raise _rule_error("", value, f"expected {allowed}")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise _rule_error("", value, f"{v!r} is not a version number; expected {allowed}")
+    if len(set(value)) != len(value):
+        raise _rule_error("", value, "a version is listed twice")
+    return value
+
+
+class ModelConfig(_Section):
+    """The whole of ``config.yaml``. Every key is optional; an empty file means defaults."""
+
+    backend: Literal["onnxruntime"] = Field("onnxruntime", description="'onnxruntime'")
+    max_batch_size: int = Field(
+        64,
+        ge=0,
+        description="largest batch the model runs, >= 0 (0 = the model does not batch: "
+        "requests are run one by one with the model's own shapes)",
+    )
+    versions: Literal["latest", "all"] | list[Annotated[int, Field(ge=1)]] = Field(
+        "latest", description="which versions to serve: 'latest', 'all' or a list like [1, 2]"
+    )
+    inputs: list[TensorConfig] = Field(
+        default_factory=list, description="optional checks on the model's inputs"
+    )
+    outputs: list[TensorConfig] = Field(
+        default_factory=list, description="optional checks on the model's outputs"
+    )
+    batching: BatchingConfig = Field(
+        default_factory=BatchingConfig, description="a mapping of batching settings"
+    )
+    instances: int = Field(
+        1, ge=1, le=MAX_INSTANCES, description=f"executor threads, 1..{MAX_INSTANCES}"
+    )
+    onnxruntime: OnnxRuntimeConfig = Field(
+        default_factory=OnnxRuntimeConfig, description="a mapping of ONNX Runtime session settings"
+    )
+    slo: SloConfig = Field(default_factory=SloConfig, description="a mapping of SLO settings")
+
+    @field_validator("inputs", "outputs", "batching", "onnxruntime", "slo", mode="before")
+    @classmethod
+    def _empty_section(cls, value: Any, info: ValidationInfo) -> Any:
+        # `batching:` with every line under it commented out reads as null: mean the defaults.
+        if value is None:
+            return [] if info.field_name in ("inputs", "outputs") else {}
+        return value
+
+    @field_validator("versions", mode="before")
+    @classmethod
+    def _versions(cls, value: Any) -> Any:
+        return _check_versions(value)
+
+    @field_validator("inputs", "outputs")
+    @classmethod
+    def _unique_names(cls, value: list[TensorConfig]) -> list[TensorConfig]:
+        seen: set[str] = set()
+        for i, tensor in enumerate(value):
+            if tensor.name in seen:
+                raise _rule_error(f"[{i}].name", tensor.name, "this tensor is listed twice")
+            seen.add(tensor.name)
+        return value
+
+    @model_validator(mode="after")
+    def _batching_fits(self) -> ModelConfig:
+        b = self.batching
+        if self.max_batch_size == 0:
+            why = "max_batch_size is 0 (the model does not batch)"
+            fix = (
+                "remove it, or set max_batch_size >= 1 if the model's first dimension is the batch"
+            )
+            if b.preferred_batch_sizes:
+                raise _rule_error(
+                    "batching.preferred_batch_sizes",
+                    b.preferred_batch_sizes,
+                    f"{why}, so batch sizes mean nothing; {fix}",
+                )
+            if b.max_queue_delay_us:
+                raise _rule_error(
+                    "batching.max_queue_delay_us",
+                    b.max_queue_delay_us,
+                    f"{why}, so there is nothing to wait for; {fix}",
+                )
+        for i, size in enumerate(b.preferred_batch_sizes):
+            if size > self.max_batch_size > 0:
+                raise _rule_error(
+                    f"batching.preferred_batch_sizes[{i}]",
+                    size,
+                    f"larger than max_batch_size {self.max_batch_size}; each preferred size must "
+                    f"be 1..{self.max_batch_size}",
+                )
+        deadline = self.slo.default_deadline_ms
+        if deadline is not None and b.max_queue_delay_us >= deadline * 1000:
+            raise _rule_error(
+                "batching.max_queue_delay_us",
+                b.max_queue_delay_us,
+                f"must be shorter than slo.default_deadline_ms ({deadline:g} ms = "
+                f"{deadline * 1000:g} us), or requests would spend their whole deadline queued",
+            )
+        return self
+
+
+# --- loading ---------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys: PyYAML silently keeps the last one,
+    which hides exactly the kind of edit mistake a config error should catch."""
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[override]
+        seen: dict[object, yaml.Node] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                repeated = key in seen
+            except TypeError:  # unhashable key: SafeLoader reports it below
+                continue
+            if repeated:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"key {key!r} appears twice (first on line {seen[key].start_mark.line + 1})",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_model_config(path: Path | str | None) -> ModelConfig:
+    """Read and validate a model's ``config.yaml``.
+
+    ``None``, a missing file or an empty file give the defaults. Anything wrong raises
+    ``errors.ConfigError`` naming the file, the line, the dotted key, the value and the rule.
+    """
+    if path is None:
+        return ModelConfig()
+    path = Path(path)
+    if not path.exists():
+        return ModelConfig()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read model config {path}: {exc}") from None
+    try:
+        loader = _Loader(text)
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML{_yaml_where(exc)}: {_yaml_problem(exc)}") from None
+    if data is None:
+        return ModelConfig()
+    return model_config_from_mapping(data, source=str(path), node=node)
+
+
+def model_config_from_mapping(
+    data: object, source: str = "<config>", node: yaml.Node | None = None
+) -> ModelConfig:
+    """Validate a parsed config; errors name ``source`` (and lines, given its YAML node)."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            f"{source}: the top level must be a mapping of keys to values "
+            f"(e.g. 'max_batch_size: 8'), got {type(data).__name__}"
+        )
+    try:
+        return ModelConfig.model_validate(dict(data))
+    except ValidationError as exc:
+        problems = [_describe(err, node) for err in exc.errors()]
+        raise ConfigError(f"invalid model config {source}:\n" + "\n".join(problems)) from None
+
+
+def _yaml_where(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    problem = getattr(exc, "problem", None)
+    if not problem:
+        return str(exc)
+    context = getattr(exc, "context", None)
+    mark = getattr(exc, "context_mark", None)
+    if context and mark is not None:
+        context += f" that starts at line {mark.line + 1}"
+    return f"{problem} ({context})" if context else str(problem)
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _split_key(key: str) -> tuple[Any, ...]:
+    """'batching.preferred_batch_sizes[1]' -> ('batching', 'preferred_batch_sizes', 1)."""
+    parts: list[Any] = []
+    for piece in key.replace("[", ".[").split("."):
+        if not piece:
+            continue
+        parts.append(int(piece[1:-1]) if piece.startswith("[") else piece)
+    return tuple(parts)
+
+
+def _field(loc: tuple[Any, ...]):
+    """The pydantic FieldInfo a location points at, or None; gives the rule to quote."""
+    model: Any = ModelConfig
+    info = None
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return None
+        info = fields[part]
+        model = _model_in(info.annotation)
+    return info
+
+
+def _model_in(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _line(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the YAML node at ``loc`` (or of its deepest existing parent)."""
+    if node is None:
+        return None
+    for depth, part in enumerate(loc):
+        child = None
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if getattr(key_node, "value", None) == part:
+                    # the last part is named by its key's line (a nested mapping's
+                    # value starts on the line after it)
+                    child = key_node if depth == len(loc) - 1 else value_node
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
+        ):
+            child = node.value[part]
+        if child is None:
+            break
+        node = child
+    return node.start_mark.line + 1
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _describe(err: Mapping[str, Any], node: yaml.Node | None) -> str:
+    loc = tuple(err["loc"])
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    if kind == _RULE:
+        loc = loc + _split_key(ctx["key"])
+        problem = f"{_short(ctx['value'])}: {ctx['detail']}"
+    elif kind == "extra_forbidden":
+        parent = _field(loc[:-1])
+        model = _model_in(parent.annotation) if parent is not None else ModelConfig
+        allowed = list(model.model_fields) if model is not None else []
+        hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        problem = "unknown key" + (f"; did you mean {hint[0]!r}?" if hint else "")
+        problem += f" (allowed here: {', '.join(allowed)})"
+    elif kind == "missing":
+        problem = "required key is missing"
+    else:
+        msg = err["msg"][0].lower() + err["msg"][1:]
+        problem = f"{_short(err.get('input'))}: {msg}"
+    key = _dotted(loc) or "(top level)"
+    line = _line(node, loc)
+    where = f" (line {line})" if line is not None else ""
+    text = f"  - {key}{where}: {problem}"
+    info = _field(loc)
+    if info is not None and info.description and kind != "extra_forbidden":
+        text += f". Allowed: {info.description}"
+    return text
+
+
+__all__ = [
+    "BatchingConfig",
+    "ModelConfig",
+    "OnnxRuntimeConfig",
+    "SloConfig",
+    "TensorConfig",
+    "load_model_config",
+    "model_config_from_mapping",
+]
