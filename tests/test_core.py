@@ -21,7 +21,7 @@ ROW_BYTES = FEATURES * 4
 
 
 def make(max_batch_size=8, **kw) -> _core.Batcher:
-    return _core.Batcher("m", [("x", ROW_BYTES)], max_batch_size=max_batch_size, **kw)
+    return _core.Batcher("m", [("x", ROW_BYTES, None)], max_batch_size=max_batch_size, **kw)
 
 
 def rows(value: float, n: int = 1) -> np.ndarray:
@@ -82,7 +82,7 @@ def test_bad_options_are_refused():
     with pytest.raises(InvalidArgumentError, match="preferred batch size 9"):
         make(max_batch_size=8, preferred_batch_sizes=[9])
     with pytest.raises(InvalidArgumentError, match="0 bytes per row"):
-        _core.Batcher("m", [("x", 0)], max_batch_size=4)
+        _core.Batcher("m", [("x", 0, None)], max_batch_size=4)
 
 
 def test_expired_request_reported_dropped_not_batched():

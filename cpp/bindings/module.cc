@@ -7,12 +7,15 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cmath>
+#include <tuple>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "steadyserve/batcher.h"
+#include "steadyserve/feature_transform.h"
 
 namespace py = pybind11;
 using namespace steadyserve;
@@ -197,14 +200,76 @@ class PyBatcher {
   std::unique_ptr<Batcher> batcher_;
 };
 
-BatcherOptions MakeOptions(const std::string& model, const std::vector<std::pair<std::string, uint64_t>>& inputs,
+// A C-contiguous float32 matrix [rows, n_features] (or a 1-D row), checked with the GIL held.
+py::array_t<float, py::array::c_style> FeatureMatrix(const py::array& a, uint32_t n_features, const char* what) {
+  if (!py::isinstance<py::array_t<float>>(a) || !(a.flags() & py::array::c_style))
+    throw py::type_error(std::string(what) + " must be a C-contiguous float32 array");
+  auto m = py::array_t<float, py::array::c_style>::ensure(a);
+  const py::ssize_t last = m.ndim() == 0 ? 0 : m.shape(m.ndim() - 1);
+  if (m.ndim() < 1 || m.ndim() > 2 || last != static_cast<py::ssize_t>(n_features))
+    throw py::value_error(std::string(what) + " must have shape [rows, " + std::to_string(n_features) + "]");
+  return m;
+}
+
+std::shared_ptr<FeatureTransform> MakeTransform(
+    const std::string& model, const std::string& input, const std::vector<std::string>& names,
+    const std::vector<float>& lo, const std::vector<float>& hi, const std::vector<uint8_t>& range_policy,
+    const std::vector<uint8_t>& missing_policy, const std::vector<float>& impute, const std::vector<float>& offset,
+    const std::vector<float>& scale, uint32_t bins, const std::vector<float>& edges, uint32_t sub_windows,
+    uint64_t sub_window_rows, double sub_window_s) {
+  FeatureTransformOptions o;
+  o.model = model;
+  o.input = input;
+  o.n_features = static_cast<uint32_t>(offset.size());
+  o.names = names;
+  o.lo = lo;
+  o.hi = hi;
+  o.range_policy = range_policy;
+  o.missing_policy = missing_policy;
+  o.impute = impute;
+  o.offset = offset;
+  o.scale = scale;
+  o.bins = bins;
+  o.edges = edges;
+  o.sub_windows = sub_windows;
+  o.sub_window_rows = sub_window_rows;
+  o.sub_window_ns = static_cast<int64_t>(sub_window_s * 1e9);
+  std::unique_ptr<FeatureTransform> t;
+  RaiseIfError(FeatureTransform::Create(o, &t));
+  return std::shared_ptr<FeatureTransform>(std::move(t));
+}
+
+py::dict SnapshotDict(const FeatureTransform& t) {
+  DriftSnapshot s;
+  {
+    py::gil_scoped_release release;
+    s = t.Snapshot();
+  }
+  const auto& o = t.options();
+  const py::ssize_t n = o.n_features, bins = std::max<uint32_t>(o.bins, 1);
+  py::array_t<uint64_t> counts({n, bins});
+  std::copy(s.counts.begin(), s.counts.end(), counts.mutable_data());
+  py::array_t<uint64_t> missing(n), out_of_range(n);
+  std::copy(s.missing.begin(), s.missing.end(), missing.mutable_data());
+  std::copy(s.out_of_range.begin(), s.out_of_range.end(), out_of_range.mutable_data());
+  py::dict d;
+  d["rows"] = s.rows;
+  d["counts"] = counts;
+  d["missing"] = missing;
+  d["out_of_range"] = out_of_range;
+  return d;
+}
+
+using InputSpec = std::tuple<std::string, uint64_t, std::shared_ptr<FeatureTransform>>;
+
+BatcherOptions MakeOptions(const std::string& model, const std::vector<InputSpec>& inputs,
                            uint32_t max_batch_size, const std::vector<uint32_t>& preferred,
                            int64_t max_queue_delay_us, uint32_t max_queue_size, uint32_t priority_levels,
                            uint32_t executors, int64_t slack_margin_us, int64_t slo_latency_us,
                            bool admission_control) {
   BatcherOptions o;
   o.model = model;
-  for (const auto& [name, bytes] : inputs) o.inputs.push_back({name, bytes});
+  for (const auto& [name, bytes, transform] : inputs) o.inputs.push_back({name, bytes, transform});
   o.max_batch_size = max_batch_size;
   o.preferred_batch_sizes = preferred;
   o.max_queue_delay_ns = max_queue_delay_us * 1000;
@@ -223,8 +288,43 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "steadyserve native core: dynamic batcher and latency model";
   m.def("now_ns", &Batcher::NowNs, "The core's monotonic clock (same as time.monotonic_ns()).");
 
+  py::class_<FeatureTransform, std::shared_ptr<FeatureTransform>>(m, "FeatureTransform")
+      .def(py::init(&MakeTransform), py::arg("model"), py::arg("input"), py::arg("names"), py::arg("lo"),
+           py::arg("hi"), py::arg("range_policy"), py::arg("missing_policy"), py::arg("impute"), py::arg("offset"),
+           py::arg("scale"), py::arg("bins") = 0, py::arg("edges") = std::vector<float>{},
+           py::arg("sub_windows") = 10, py::arg("sub_window_rows") = 1000, py::arg("sub_window_s") = 0.0,
+           "Per-feature policies: range_policy 0 none / 1 reject / 2 clip; missing_policy 0 reject / 1 impute.")
+      .def(
+          "apply",
+          [](FeatureTransform& t, const py::array& x) {
+            auto in = FeatureMatrix(x, t.options().n_features, "x");
+            py::array_t<float, py::array::c_style> out(std::vector<py::ssize_t>(in.shape(), in.shape() + in.ndim()));
+            const uint64_t rows = in.ndim() == 1 ? 1 : static_cast<uint64_t>(in.shape(0));
+            Status s;
+            {
+              py::gil_scoped_release release;
+              s = t.Apply(in.data(), out.mutable_data(), rows);
+            }
+            RaiseIfError(s);
+            return out;
+          },
+          py::arg("x"), "Validate, impute, scale and count x; returns the model-ready rows.")
+      .def(
+          "observe",
+          [](FeatureTransform& t, const py::array& x) {
+            auto in = FeatureMatrix(x, t.options().n_features, "values");
+            const uint64_t rows = in.ndim() == 1 ? 1 : static_cast<uint64_t>(in.shape(0));
+            py::gil_scoped_release release;
+            t.Observe(in.data(), rows);
+          },
+          py::arg("values"), "Count values (e.g. model outputs) into the drift window, no policies.")
+      .def("snapshot", &SnapshotDict, "Window totals: rows, counts [features, bins], missing, out_of_range.")
+      .def("reset", &FeatureTransform::Reset, py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("n_features", [](const FeatureTransform& t) { return t.options().n_features; })
+      .def_property_readonly("bins", [](const FeatureTransform& t) { return t.options().bins; });
+
   py::class_<PyBatcher>(m, "Batcher")
-      .def(py::init([](const std::string& model, const std::vector<std::pair<std::string, uint64_t>>& inputs,
+      .def(py::init([](const std::string& model, const std::vector<InputSpec>& inputs,
                        uint32_t max_batch_size, const std::vector<uint32_t>& preferred_batch_sizes,
                        int64_t max_queue_delay_us, uint32_t max_queue_size, uint32_t priority_levels,
                        uint32_t executors, int64_t slack_margin_us, int64_t slo_latency_us,

@@ -28,6 +28,11 @@ Status Batcher::Create(const BatcherOptions& o, std::unique_ptr<Batcher>* out) {
     if (in.row_bytes == 0)
       return Status(StatusCode::kInvalidArgument,
                     where + "input '" + in.name + "' has 0 bytes per row");
+    if (in.transform && in.transform->options().n_features * sizeof(float) != in.row_bytes)
+      return Status(StatusCode::kInvalidArgument,
+                    where + "input '" + in.name + "': feature transform for " +
+                        std::to_string(in.transform->options().n_features) + " float32 features, but a row has " +
+                        std::to_string(in.row_bytes) + " bytes");
   }
   if (o.max_batch_size < 1)
     return Status(StatusCode::kInvalidArgument, where + "max_batch_size must be >= 1");
@@ -137,12 +142,23 @@ Status Batcher::Submit(uint64_t token, const uint8_t* const* inputs, size_t n_in
     slots_[index].state = SlotState::kFilling;
   }
 
-  // Copy outside the lock: the slot is ours while kFilling.
+  // Copy (or transform) outside the lock: the slot is ours while kFilling.
   Slot& slot = slots_[index];
   for (size_t i = 0; i < n_inputs; ++i) {
     const size_t bytes = static_cast<size_t>(rows) * o.inputs[i].row_bytes;
     slot.data[i].resize(bytes);
-    std::memcpy(slot.data[i].data(), inputs[i], bytes);
+    if (o.inputs[i].transform) {
+      Status s = o.inputs[i].transform->Apply(reinterpret_cast<const float*>(inputs[i]),
+                                              reinterpret_cast<float*>(slot.data[i].data()), rows);
+      if (!s.ok()) {
+        std::lock_guard<std::mutex> lock(mu_);
+        FreeSlotLocked(index);
+        ++stats_.rejected_invalid;
+        return s;
+      }
+    } else {
+      std::memcpy(slot.data[i].data(), inputs[i], bytes);
+    }
   }
 
   {

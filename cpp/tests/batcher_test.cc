@@ -18,7 +18,7 @@ constexpr int64_t kMs = 1000000;
 BatcherOptions Options(uint32_t max_batch, int64_t delay_ns = 0, uint32_t queue = 64) {
   BatcherOptions o;
   o.model = "m";
-  o.inputs = {{"x", kFeatures * sizeof(float)}};
+  o.inputs = {{"x", kFeatures * sizeof(float), nullptr}};
   o.max_batch_size = max_batch;
   o.max_queue_delay_ns = delay_ns;
   o.max_queue_size = queue;

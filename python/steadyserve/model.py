@@ -173,10 +173,10 @@ class ServableModel:
         self._output_set = frozenset(self._output_names)
         batching = config.batching
         layout = [
-            (s.name, int(np.prod(self._input_rows[s.name], dtype=np.int64)) * s.dtype.itemsize)
+            (s.name, int(np.prod(self._input_rows[s.name], dtype=np.int64)) * s.dtype.itemsize, None)
             for s in self.inputs
         ]
-        for input_name, row_bytes in layout:
+        for input_name, row_bytes, _ in layout:
             if row_bytes == 0:
                 raise ConfigError(f"model '{name}': input '{input_name}' has zero elements per row")
         self._batcher = _core.Batcher(

@@ -34,15 +34,19 @@
 #include <string>
 #include <vector>
 
+#include "steadyserve/feature_transform.h"
 #include "steadyserve/latency_model.h"
 #include "steadyserve/status.h"
 
 namespace steadyserve {
 
 // One model input as the batcher sees it: bytes per row (all non-batch elements).
+// With a transform (float32 inputs only), Submit runs the fused validate /
+// impute / scale / drift-count pass instead of a plain copy.
 struct InputLayout {
   std::string name;
   uint64_t row_bytes = 0;
+  std::shared_ptr<FeatureTransform> transform;  // may be null
 };
 
 struct BatcherOptions {
@@ -98,6 +102,7 @@ struct BatcherStats {
   uint64_t rejected_deadline = 0;  // deadline already passed at submit
   uint64_t rejected_stopped = 0;
   uint64_t rejected_admission = 0; // estimated completion after the deadline
+  uint64_t rejected_invalid = 0;   // refused by an input's feature transform
   uint64_t evicted = 0;            // shed from a lower priority level for a higher one
   uint64_t expired = 0;            // deadline passed while queued, never executed
   uint64_t cancelled = 0;
