@@ -49,6 +49,11 @@ class _Section(BaseModel):
 class TensorConfig(_Section):
     name: str = Field(min_length=1, description="tensor name as in the ONNX file")
     datatype: str | None = Field(None, description="KServe V2 datatype: " + ", ".join(V2_TO_NUMPY))
+    contract: ContractConfig | None = Field(
+        None,
+        description="feature contract of an FP32 [batch, features] input: validation, "
+        "imputation, scaling, drift",
+    )
     dims: list[int] | None = Field(
         None,
         description="shape without the batch dimension; each dim >= 1, or -1 where the "
@@ -129,12 +134,159 @@ class OnnxRuntimeConfig(_Section):
         return self
 
 
+MAX_PRIORITY_LEVELS = 8
+
+
+class PriorityQueueConfig(_Section):
+    max_queue_size: int | None = Field(
+        None, ge=1, description="requests this priority level may queue, >= 1 (omit: no own cap)"
+    )
+
+
 class SloConfig(_Section):
+    latency_ms: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="the latency objective in ms, > 0: batches are capped so their estimated "
+        "execution fits it, and attainment is measured against it (omit: no SLO)",
+    )
     default_deadline_ms: float | None = Field(
         None,
         gt=0,
         allow_inf_nan=False,
-        description="deadline for requests that bring none, in ms, > 0 (omit: none)",
+        description="deadline for requests that bring none, in ms, > 0 (omit: latency_ms, "
+        "or none without an SLO)",
+    )
+    margin_ms: float = Field(
+        0.5,
+        ge=0,
+        allow_inf_nan=False,
+        description="safety margin added to execution estimates, in ms, >= 0",
+    )
+    admission_control: bool = Field(
+        True,
+        description="true/false: refuse at once (DEADLINE_EXCEEDED) a request estimated to "
+        "finish after its deadline, instead of queueing it to fail later",
+    )
+    priority_levels: int = Field(
+        1,
+        ge=1,
+        le=MAX_PRIORITY_LEVELS,
+        description=f"request priority levels, 1..{MAX_PRIORITY_LEVELS}; level 1 is served "
+        "first and shed last",
+    )
+    default_priority: int | None = Field(
+        None,
+        ge=1,
+        description="level of requests that send priority 0 or none, 1..priority_levels "
+        "(omit: the lowest level)",
+    )
+    priority_queues: dict[int, PriorityQueueConfig] = Field(
+        default_factory=dict,
+        description="queue policy per priority level, e.g. {2: {max_queue_size: 100}}",
+    )
+
+    @model_validator(mode="after")
+    def _levels(self) -> SloConfig:
+        levels = self.priority_levels
+        if self.default_priority is not None and self.default_priority > levels:
+            raise _rule_error(
+                "default_priority",
+                self.default_priority,
+                f"must be 1..priority_levels ({levels})",
+            )
+        for level in self.priority_queues:
+            if not 1 <= level <= levels:
+                raise _rule_error(
+                    f"priority_queues.{level}", level, f"is not a level 1..{levels}"
+                )
+        return self
+
+    @property
+    def deadline_ms(self) -> float | None:
+        """The deadline given to requests that bring none."""
+        return self.default_deadline_ms if self.default_deadline_ms is not None else self.latency_ms
+
+    @property
+    def default_level(self) -> int:
+        return self.default_priority if self.default_priority is not None else self.priority_levels
+
+
+class FeatureRule(_Section):
+    min: float | None = Field(None, allow_inf_nan=False, description="smallest valid value")
+    max: float | None = Field(None, allow_inf_nan=False, description="largest valid value")
+    out_of_range: Literal["reject", "clip", "allow"] | None = Field(
+        None, description="'reject', 'clip' or 'allow' (count only) a value outside [min, max]"
+    )
+    missing: Literal["reject", "mean", "median", "constant"] | None = Field(
+        None, description="'reject' NaN/inf, or impute with the 'mean', 'median' or a 'constant'"
+    )
+    missing_value: float | None = Field(
+        None, allow_inf_nan=False, description="the constant for missing: constant"
+    )
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise _rule_error("min", self.min, f"min is larger than max ({self.max:g})")
+        return self
+
+
+class ContractConfig(FeatureRule):
+    """The feature contract of one FP32 [batch, features] input: what every feature
+    (unless ``features`` says otherwise) must satisfy, and how it is scaled."""
+
+    out_of_range: Literal["reject", "clip", "allow"] = Field(
+        "reject", description="'reject', 'clip' or 'allow' (count only) a value outside [min, max]"
+    )
+    missing: Literal["reject", "mean", "median", "constant"] = Field(
+        "reject", description="'reject' NaN/inf, or impute with the 'mean', 'median' or a 'constant'"
+    )
+    feature_names: list[str] | None = Field(
+        None, description="one name per feature, used in errors, drift reports and metrics"
+    )
+    scaling: Literal["none", "standard", "minmax", "robust"] = Field(
+        "none",
+        description="'standard' (x-mean)/std, 'minmax' (x-min)/(max-min), 'robust' "
+        "(x-median)/IQR, or 'none'; parameters come from the stats file",
+    )
+    stats: str = Field(
+        "stats.json",
+        min_length=1,
+        description="stats file next to model.onnx (written by `steadyserve fit`)",
+    )
+    features: dict[str | int, FeatureRule] = Field(
+        default_factory=dict,
+        description="per-feature rules by feature name or index, overriding the ones above",
+    )
+
+    @field_validator("stats")
+    @classmethod
+    def _plain_file(cls, value: str) -> str:
+        if "/" in value or "\\" in value or value.startswith("."):
+            raise _rule_error("", value, "must be a plain file name next to model.onnx")
+        return value
+
+
+class DriftConfig(_Section):
+    window_rows: int = Field(
+        10_000, ge=10, description="rows in the live window compared with the reference, >= 10"
+    )
+    window_seconds: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="a live window spanning this many seconds instead of window_rows, > 0",
+    )
+    sub_windows: int = Field(
+        10, ge=1, le=1000, description="the window slides by 1/sub_windows of itself, 1..1000"
+    )
+    psi_threshold: float = Field(
+        0.2, gt=0, allow_inf_nan=False, description="PSI above which a feature is flagged, > 0"
+    )
+    min_rows: int = Field(
+        200, ge=1, description="live rows needed before PSI is reported as meaningful, >= 1"
     )
 
 
@@ -184,8 +336,11 @@ class ModelConfig(_Section):
         default_factory=OnnxRuntimeConfig, description="a mapping of ONNX Runtime session settings"
     )
     slo: SloConfig = Field(default_factory=SloConfig, description="a mapping of SLO settings")
+    drift: DriftConfig = Field(
+        default_factory=DriftConfig, description="a mapping of drift-monitoring settings"
+    )
 
-    @field_validator("inputs", "outputs", "batching", "onnxruntime", "slo", mode="before")
+    @field_validator("inputs", "outputs", "batching", "onnxruntime", "slo", "drift", mode="before")
     @classmethod
     def _empty_section(cls, value: Any, info: ValidationInfo) -> Any:
         # `batching:` with every line under it commented out reads as null: mean the defaults.
@@ -236,14 +391,17 @@ class ModelConfig(_Section):
                     f"larger than max_batch_size {self.max_batch_size}; each preferred size must "
                     f"be 1..{self.max_batch_size}",
                 )
-        deadline = self.slo.default_deadline_ms
-        if deadline is not None and b.max_queue_delay_us >= deadline * 1000:
-            raise _rule_error(
-                "batching.max_queue_delay_us",
-                b.max_queue_delay_us,
-                f"must be shorter than slo.default_deadline_ms ({deadline:g} ms = "
-                f"{deadline * 1000:g} us), or requests would spend their whole deadline queued",
-            )
+        for key, limit in (
+            ("slo.latency_ms", self.slo.latency_ms),
+            ("slo.default_deadline_ms", self.slo.default_deadline_ms),
+        ):
+            if limit is not None and b.max_queue_delay_us >= limit * 1000:
+                raise _rule_error(
+                    "batching.max_queue_delay_us",
+                    b.max_queue_delay_us,
+                    f"must be shorter than {key} ({limit:g} ms = {limit * 1000:g} us), or "
+                    f"requests would spend their whole deadline queued",
+                )
         return self
 
 

@@ -1,0 +1,323 @@
+"""The network server: gRPC (V2 inference, health, reflection) and an HTTP side port.
+
+Both run on one asyncio loop over one ``Runtime``. Start-up prints exactly one
+line, ``steadyserve ready grpc=HOST:PORT http=HOST:PORT``, once both ports are
+bound (tests and scripts read the ports from it), then a short how-to.
+
+Shutdown (SIGTERM or SIGINT): health turns NOT_SERVING, the gRPC server stops
+accepting and gives in-flight RPCs ``grace_s`` to finish, the runtime drains and
+closes, the HTTP port closes last (probes see 503 while draining), exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from os import PathLike
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..datatypes import numpy_dtype
+from ..errors import NotFoundError, SteadyServeError, UnavailableError
+from .grpc_service import SERVICE_NAME, InferenceServicer, add_inference_service, server_version
+from .settings import ServerSettings
+
+log = logging.getLogger("steadyserve.server")
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class StartupError(SteadyServeError):
+    """The server could not start (a port could not be bound, ...)."""
+
+    grpc_code = "UNAVAILABLE"
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _client_host(host: str) -> str:
+    """Where a client on this machine should connect for a server bound to ``host``."""
+    return "localhost" if host in ("0.0.0.0", "::", "") else host
+
+
+class Server:
+    """One gRPC server and one HTTP site over ``runtime``, sharing the running loop."""
+
+    def __init__(self, runtime, settings: ServerSettings):
+        self.runtime = runtime
+        self.settings = settings
+        self.grpc_port: int | None = None
+        self.http_port: int | None = None
+        self._servicer = InferenceServicer(runtime)
+        self._health = health.aio.HealthServicer()
+        self._grpc: grpc.aio.Server | None = None
+        self._http: web.AppRunner | None = None
+        self._health_task: asyncio.Task | None = None
+        self._stopping = False
+
+    # -- start ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        options = [
+            ("grpc.max_receive_message_length", s.max_message_bytes),
+            ("grpc.max_send_message_length", s.max_message_bytes),
+            ("grpc.so_reuseport", 1 if s.reuse_port else 0),
+        ]
+        server = grpc.aio.server(options=options)
+        add_inference_service(self._servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        address = _hostport(s.host, s.grpc_port)
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise StartupError(f"cannot bind the gRPC port {address}: {exc}") from None
+        if not port:
+            raise StartupError(f"cannot bind the gRPC port {address} (in use, or bad host?)")
+        await self._refresh_health()
+        await server.start()
+        self._grpc, self.grpc_port = server, port
+
+        app = web.Application()
+        app.router.add_get("/v2/health/live", self._http_live)
+        app.router.add_get("/v2/health/ready", self._http_ready)
+        app.router.add_get("/v2/models/{name}/ready", self._http_model_ready)
+        app.router.add_get("/v2/models/{name}/versions/{version}/ready", self._http_model_ready)
+        app.router.add_get("/metrics", self._http_metrics)
+        runner = web.AppRunner(app, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, s.host, s.http_port, reuse_port=s.reuse_port or None)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise StartupError(
+                f"cannot bind the HTTP port {_hostport(s.host, s.http_port)}: {exc}"
+            ) from None
+        self._http = runner
+        self.http_port = int(runner.addresses[0][1])
+        self._health_task = asyncio.create_task(self._health_loop(), name="health-refresh")
+        log.info(
+            "server started",
+            extra={
+                "grpc": _hostport(s.host, self.grpc_port),
+                "http": _hostport(s.host, self.http_port),
+                "models": self.runtime.model_names(),
+                "version": server_version(),
+            },
+        )
+
+    # -- health --------------------------------------------------------------------------
+
+    async def _refresh_health(self) -> None:
+        if self._stopping:
+            return
+        ready_names = {e.name for e in self.runtime.model_index() if e.state == "READY"}
+        for entry in self.runtime.model_index():
+            await self._health.set(
+                entry.name, SERVING if entry.name in ready_names else NOT_SERVING
+            )
+        await self._health.set(
+            health.OVERALL_HEALTH, SERVING if self.runtime.ready() else NOT_SERVING
+        )
+
+    async def _health_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self.settings.health_poll_s)
+            try:
+                await self._refresh_health()
+            except Exception:
+                log.exception("could not refresh health status")
+
+    # -- HTTP side port ------------------------------------------------------------------
+
+    async def _http_live(self, request: web.Request) -> web.Response:
+        return web.json_response({"live": True})
+
+    async def _http_ready(self, request: web.Request) -> web.Response:
+        ready = not self._stopping and bool(self.runtime.ready())
+        return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+    async def _http_model_ready(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        version = request.match_info.get("version")
+        try:
+            model = self.runtime.get_model(name, version)
+        except NotFoundError as exc:
+            return web.json_response({"ready": False, "error": str(exc)}, status=404)
+        except UnavailableError as exc:
+            return web.json_response({"ready": False, "error": str(exc)}, status=503)
+        except SteadyServeError as exc:  # e.g. a malformed name
+            return web.json_response({"ready": False, "error": str(exc)}, status=400)
+        ready = not self._stopping and bool(model.ready)
+        return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+    async def _http_metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.runtime.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    # -- stop ----------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        """Drain and close everything; safe to call once the server started (or failed to)."""
+        if self._stopping:
+            return
+        self._stopping = True
+        t0 = time.monotonic()
+        log.info("shutting down", extra={"grace_s": self.settings.grace_s})
+        self._servicer.begin_shutdown()
+        await self._health.enter_graceful_shutdown()
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+        if self._grpc is not None:
+            # Stops accepting at once; in-flight RPCs get up to grace_s to finish.
+            await self._grpc.stop(self.settings.grace_s)
+        await asyncio.to_thread(self.runtime.close)  # drains what the runtime accepted
+        if self._http is not None:
+            await self._http.cleanup()
+        log.info("shutdown complete", extra={"seconds": round(time.monotonic() - t0, 3)})
+
+    # -- banner --------------------------------------------------------------------------
+
+    def ready_line(self) -> str:
+        h = self.settings.host
+        return (
+            f"steadyserve ready grpc={_hostport(h, self.grpc_port)} "
+            f"http={_hostport(h, self.http_port)}"
+        )
+
+    def banner(self) -> str:
+        host = _client_host(self.settings.host)
+        grpc_url = _hostport(host, self.grpc_port)
+        http_url = f"http://{_hostport(host, self.http_port)}"
+        index = self.runtime.model_index()
+        lines = [""]
+        listing = ", ".join(f"{e.name} v{e.version} {e.state}" for e in index) or "(none)"
+        lines.append(f"  models:  {listing}")
+        lines.append(f"  probes:  {http_url}/v2/health/ready   metrics: {http_url}/metrics")
+        example = self._example(grpc_url, index)
+        if example:
+            lines.append("")
+            lines.append("  try it (pip install 'tritonclient[grpc]'):")
+            lines.append("")
+            lines.extend(("    " + line) if line else "" for line in example)
+        lines.append("")
+        return "\n".join(lines)
+
+    def _example(self, grpc_url: str, index) -> list[str]:
+        for entry in index:
+            if entry.state != "READY":
+                continue
+            try:
+                model = self.runtime.get_model(entry.name, str(entry.version))
+            except SteadyServeError:
+                continue
+            if not model.inputs or not model.outputs:
+                continue
+            lines = ["import numpy as np", "import tritonclient.grpc as grpcclient", ""]
+            lines.append(f'client = grpcclient.InferenceServerClient("{grpc_url}")')
+            names = []
+            for i, spec in enumerate(model.inputs):
+                shape = [1 if d < 0 else d for d in spec.shape]
+                np_name = numpy_dtype(spec.datatype).name
+                if spec.datatype.startswith("FP"):
+                    dims = ", ".join(str(d) for d in shape)
+                    make = f"np.random.rand({dims}).astype(np.{np_name})"
+                else:
+                    make = f"np.ones({shape}, dtype=np.{np_name})"
+                lines += [
+                    f"x{i} = {make}",
+                    f'in{i} = grpcclient.InferInput("{spec.name}", {shape}, "{spec.datatype}")',
+                    f"in{i}.set_data_from_numpy(x{i})",
+                ]
+                names.append(f"in{i}")
+            lines += [
+                f'result = client.infer("{model.name}", [{", ".join(names)}])',
+                f'print(result.as_numpy("{model.outputs[0].name}"))',
+            ]
+            return lines
+        return []
+
+
+async def serve(
+    repository: str | PathLike,
+    settings: ServerSettings,
+    *,
+    ready_stream=None,
+    early_signals: list[int] | None = None,
+) -> int:
+    """Load the repository, serve until SIGTERM/SIGINT, drain, return the exit code (0).
+
+    ``early_signals`` lists signals caught before the loop ran (see the CLI): the
+    server then stops as soon as the repository is loaded, without starting.
+    """
+    from ..runtime import Runtime  # the heavy part: ONNX Runtime and the native core
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals_seen: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        signals_seen.append(signum)
+        if len(signals_seen) == 1:
+            log.info("signal received", extra={"signal": signal.Signals(signum).name})
+        else:
+            log.warning(
+                "already shutting down; waiting for in-flight requests",
+                extra={"signal": signal.Signals(signum).name},
+            )
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+
+    if early_signals:
+        on_signal(early_signals[0])
+
+    # Built on the loop's thread: the runtime may bind to the running loop.
+    runtime = Runtime(repository)
+    await asyncio.sleep(0)  # run the handlers of signals that came during the load
+    if stop.is_set():
+        await asyncio.to_thread(runtime.close)
+        log.info("stopped before serving: a signal came while loading")
+        return 0
+    if not runtime.model_index():
+        log.warning(
+            "the repository has no models; expected REPO/<model>/<version>/model.onnx",
+            extra={"repository": str(repository)},
+        )
+    server = Server(runtime, settings)
+    try:
+        await server.start()
+    except BaseException:
+        await server.stop()
+        raise
+    out = ready_stream if ready_stream is not None else sys.stdout
+    print(server.ready_line(), file=out, flush=True)
+    print(server.banner(), file=out, flush=True)
+
+    await stop.wait()
+    await server.stop()
+    return 0
+
+
+def run(
+    repository: str | PathLike, settings: ServerSettings, *, early_signals: list[int] | None = None
+) -> int:
+    return asyncio.run(serve(repository, settings, early_signals=early_signals))

@@ -1,0 +1,338 @@
+"""The KServe V2 / Triton-compatible gRPC service (``inference.GRPCInferenceService``).
+
+A thin transport over a ``Runtime``: each handler decodes the request, calls the
+runtime, and encodes the answer. Errors become gRPC statuses in exactly one place
+(``status.py``).
+
+Requests arrive as bytes and are parsed here, not by gRPC's deserializer, so that
+a malformed message is answered INVALID_ARGUMENT (gRPC itself would say INTERNAL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from importlib import metadata as _metadata
+
+import grpc
+from google.protobuf import message as _pb_message
+from google.protobuf import message_factory
+
+from .._proto import grpc_predict_v2_pb2 as pb
+from ..errors import InvalidArgumentError, NotFoundError, UnavailableError
+from . import codec
+from .status import abort_with
+
+log = logging.getLogger("steadyserve.server")
+
+SERVICE_NAME = "inference.GRPCInferenceService"
+SERVER_NAME = "steadyserve"
+# Triton's names for the protocol extensions this server implements.
+EXTENSIONS = ("model_configuration", "statistics", "parameters", "schedule_policy")
+BACKEND = "onnxruntime"
+
+_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+assert _SERVICE.full_name == SERVICE_NAME
+
+
+def server_version() -> str:
+    try:
+        return _metadata.version("steadyserve")
+    except _metadata.PackageNotFoundError:  # running from a source tree
+        return "0+unknown"
+
+
+def _param_value(request, key: str):
+    """The value of request parameter ``key`` (whichever oneof member is set), or None."""
+    if key not in request.parameters:
+        return None
+    fields = request.parameters[key].ListFields()
+    return fields[0][1] if fields else None
+
+
+def _int_param(request, key: str, what: str) -> int | None:
+    value = _param_value(request, key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgumentError(
+            f"request parameter '{key}' must be an integer ({what}); got {value!r}"
+        )
+    if value < 0:
+        raise InvalidArgumentError(f"request parameter '{key}' must be >= 0 ({what}); got {value}")
+    return value
+
+
+def request_deadline_ns(request, context) -> int | None:
+    """Absolute ``time.monotonic_ns()`` deadline of a request, or None for the model default.
+
+    The gRPC deadline (what the client will wait) and the ``timeout`` parameter
+    (Triton's convention, microseconds; 0 means unset) are both promises about the
+    same request; when both are given the earlier one binds.
+    """
+    now = time.monotonic_ns()
+    candidates = []
+    remaining_s = context.time_remaining()
+    if remaining_s is not None:
+        candidates.append(now + max(0, int(remaining_s * 1e9)))
+    timeout_us = _int_param(request, "timeout", "microseconds")
+    if timeout_us:
+        candidates.append(now + timeout_us * 1000)
+    return min(candidates) if candidates else None
+
+
+def request_priority(request) -> int:
+    value = _int_param(request, "priority", "0 is the default level")
+    return 0 if value is None else value
+
+
+def _version_key(version: str):
+    return (0, int(version), "") if version.isdigit() else (1, 0, version)
+
+
+def _enum_number(message, field: str, value_name: str) -> int:
+    """Number of enum value ``value_name`` of ``message.field`` (wherever the enum is defined)."""
+    enum = message.DESCRIPTOR.fields_by_name[field].enum_type
+    return enum.values_by_name[value_name].number
+
+
+def _has_field(message, field: str) -> bool:
+    return field in message.DESCRIPTOR.fields_by_name
+
+
+class InferenceServicer:
+    """Handlers of ``inference.GRPCInferenceService`` over a ``Runtime``."""
+
+    def __init__(self, runtime):
+        self._runtime = runtime
+        self._stopping = False
+
+    def begin_shutdown(self) -> None:
+        """ServerReady answers false from now on (the health service says NOT_SERVING too)."""
+        self._stopping = True
+
+    # -- health and metadata -------------------------------------------------------------
+
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=not self._stopping and bool(self._runtime.ready()))
+
+    async def ModelReady(self, request, context):
+        try:
+            model = self._runtime.get_model(request.name, request.version or None)
+        except (NotFoundError, UnavailableError, InvalidArgumentError):
+            # A readiness probe gets an answer, not an error: no such (valid) model is ready.
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=not self._stopping and bool(model.ready))
+
+    async def ServerMetadata(self, request, context):
+        return pb.ServerMetadataResponse(
+            name=SERVER_NAME, version=server_version(), extensions=list(EXTENSIONS)
+        )
+
+    def _versions_of(self, name: str, fallback: str) -> list[str]:
+        versions = {
+            str(e.version)
+            for e in self._runtime.model_index()
+            if e.name == name and e.state == "READY"
+        }
+        return sorted(versions or {fallback}, key=_version_key)
+
+    async def ModelMetadata(self, request, context):
+        model = self._runtime.get_model(request.name, request.version or None)
+        response = pb.ModelMetadataResponse(
+            name=model.name,
+            versions=self._versions_of(model.name, str(model.version)),
+            platform=model.platform,
+        )
+        for specs, target in ((model.inputs, response.inputs), (model.outputs, response.outputs)):
+            for spec in specs:
+                target.add(name=spec.name, datatype=spec.datatype, shape=list(spec.shape))
+        return response
+
+    async def ModelConfig(self, request, context):
+        model = self._runtime.get_model(request.name, request.version or None)
+        response = pb.ModelConfigResponse()
+        fill_model_config(response.config, model)
+        return response
+
+    # -- inference -----------------------------------------------------------------------
+
+    async def ModelInfer(self, request, context):
+        model = self._runtime.get_model(request.model_name, request.model_version or None)
+        decoded = codec.decode_request(request)
+        deadline_ns = request_deadline_ns(request, context)
+        priority = request_priority(request)
+        result = await model.infer_async(
+            decoded.inputs,
+            deadline_ns=deadline_ns,
+            priority=priority,
+            outputs=decoded.requested_outputs,
+        )
+        return codec.encode_response(result, decoded.id)
+
+    # -- statistics and repository -------------------------------------------------------
+
+    async def ModelStatistics(self, request, context):
+        index = self._runtime.model_index()
+        wanted = [
+            e
+            for e in index
+            if (not request.name or e.name == request.name)
+            and (not request.version or str(e.version) == request.version)
+        ]
+        if request.name and not wanted:
+            # Let the runtime name what is missing (model or version).
+            self._runtime.get_model(request.name, request.version or None)
+        response = pb.ModelStatisticsResponse()
+        for entry in wanted:
+            if entry.state != "READY":
+                continue
+            try:
+                model = self._runtime.get_model(entry.name, str(entry.version))
+            except (NotFoundError, UnavailableError):
+                continue  # unloaded between the index and now
+            fill_model_statistics(response.model_stats.add(), model)
+        return response
+
+    async def RepositoryIndex(self, request, context):
+        response = pb.RepositoryIndexResponse()
+        for entry in self._runtime.model_index():
+            if request.ready and entry.state != "READY":
+                continue
+            response.models.add(
+                name=entry.name,
+                version=str(entry.version),
+                state=entry.state,
+                reason=entry.reason or "",
+            )
+        return response
+
+
+def fill_model_config(config, model) -> None:
+    """Fill the Triton ``ModelConfig`` subset that describes ``model``."""
+    cfg = model.config
+    batching = model.max_batch_size > 0
+    config.name = model.name
+    config.platform = model.platform
+    config.backend = BACKEND
+    config.max_batch_size = model.max_batch_size
+    for specs, field in ((model.inputs, config.input), (model.outputs, config.output)):
+        for spec in specs:
+            entry = field.add(name=spec.name)
+            entry.data_type = _enum_number(entry, "data_type", f"TYPE_{spec.datatype}")
+            entry.dims.extend(spec.shape[1:] if batching else spec.shape)
+    if _has_field(config, "version_policy"):
+        policy = config.version_policy
+        if cfg.versions == "latest":
+            policy.latest.num_versions = 1
+        elif cfg.versions == "all":
+            policy.all.SetInParent()
+        else:
+            policy.specific.versions.extend(int(v) for v in cfg.versions)
+    if batching:
+        config.dynamic_batching.SetInParent()
+        config.dynamic_batching.preferred_batch_size.extend(cfg.batching.preferred_batch_sizes)
+        config.dynamic_batching.max_queue_delay_microseconds = cfg.batching.max_queue_delay_us
+    group = config.instance_group.add(name=f"{model.name}_0", count=cfg.instances)
+    gpu = cfg.onnxruntime.device == "cuda"
+    group.kind = _enum_number(group, "kind", "KIND_GPU" if gpu else "KIND_CPU")
+    if gpu:
+        group.gpus.append(cfg.onnxruntime.device_id)
+
+
+def _fill_duration(target, duration) -> None:
+    target.count = int(duration.count)
+    target.ns = int(duration.ns)
+
+
+def fill_model_statistics(target, model) -> None:
+    stats = model.statistics()
+    target.name = model.name
+    target.version = str(model.version)
+    target.last_inference = int(stats.last_inference_ms)
+    target.inference_count = int(stats.inference_count)
+    target.execution_count = int(stats.execution_count)
+    infer = target.inference_stats
+    for name in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
+        _fill_duration(getattr(infer, name), getattr(stats, name))
+    for batch_size in sorted(stats.batch_stats):
+        b = stats.batch_stats[batch_size]
+        entry = target.batch_stats.add(batch_size=int(batch_size))
+        for name in ("compute_input", "compute_infer", "compute_output"):
+            d = getattr(entry, name)
+            d.count = int(b.count)
+            d.ns = int(getattr(b, f"{name}_ns"))
+
+
+# -- registration ------------------------------------------------------------------------
+
+
+def _message_class(descriptor):
+    return message_factory.GetMessageClass(descriptor)
+
+
+def _unary_handler(name: str, impl: Callable[..., Awaitable], request_cls, response_cls):
+    what = request_cls.DESCRIPTOR.name
+
+    async def handler(data: bytes, context):
+        try:
+            request = request_cls.FromString(data)
+        except _pb_message.DecodeError as exc:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"malformed {what}: cannot parse it ({exc})"
+            )
+        try:
+            return await impl(request, context)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:
+            await abort_with(context, exc, method=name)
+
+    return grpc.unary_unary_rpc_method_handler(
+        handler, request_deserializer=None, response_serializer=response_cls.SerializeToString
+    )
+
+
+def _unimplemented_handler(method) -> grpc.RpcMethodHandler:
+    message = f"steadyserve does not implement {SERVICE_NAME}/{method.name}"
+
+    if method.client_streaming or method.server_streaming:
+
+        async def stream(request_iterator, context):
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+
+        factory = {
+            (True, True): grpc.stream_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler,
+            (False, True): grpc.unary_stream_rpc_method_handler,
+        }[(method.client_streaming, method.server_streaming)]
+        return factory(stream)
+
+    async def unary(data, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+
+    return grpc.unary_unary_rpc_method_handler(unary)
+
+
+def add_inference_service(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+    """Register ``servicer`` as ``inference.GRPCInferenceService`` on ``server``."""
+    handlers = {}
+    for method in _SERVICE.methods:
+        impl = getattr(servicer, method.name, None)
+        if impl is None or method.client_streaming or method.server_streaming:
+            handlers[method.name] = _unimplemented_handler(method)
+        else:
+            handlers[method.name] = _unary_handler(
+                method.name,
+                impl,
+                _message_class(method.input_type),
+                _message_class(method.output_type),
+            )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    if hasattr(server, "add_registered_method_handlers"):
+        server.add_registered_method_handlers(SERVICE_NAME, handlers)
