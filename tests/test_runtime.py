@@ -204,16 +204,16 @@ def test_full_queue_refuses_and_deadline_drops_without_executing(runtime):
         return first, second
 
     async def with_deadline():
-        # Queued behind a 10 s window: the 50 ms deadline passes first.
+        # Queued behind a 10 s window, a request with a 200 ms deadline is not left to
+        # expire: deadline-aware batching closes its batch while the slack still covers
+        # the estimated execution, and it is answered in time.
         batch8 = runtime.get_model("batch8")
         before = batch8.statistics().execution_count
-        withdrawn = batch8.batcher_stats()["cancelled"] + batch8.batcher_stats()["expired"]
-        with pytest.raises(DeadlineExceededError):
-            await runtime.infer_async("batch8", {"x": np.ones((1, 4), np.float32)}, timeout=0.05)
-        stats = batch8.batcher_stats()
-        assert stats["cancelled"] + stats["expired"] == withdrawn + 1  # withdrawn, whoever noticed first
-        assert stats["queued_requests"] == 0
-        assert batch8.statistics().execution_count == before
+        out = await runtime.infer_async(
+            "batch8", {"x": np.ones((1, 4), np.float32)}, timeout=0.2
+        )
+        assert out["y"].shape == (1, 3)
+        assert batch8.statistics().execution_count == before + 1
 
     async def run():
         first, second = await main()

@@ -190,17 +190,19 @@ def test_infer_two_inputs_and_fixed_shape(client):
 
 def test_infer_with_deadline_timeout_and_priority_parameters(client):
     """A generous gRPC deadline and Triton's `timeout` parameter (µs) both pass; the
-    `priority` parameter reaches the model (which has one level, so 1 is refused)."""
+    `priority` parameter reaches the model (one level: 1 is that level, 2 is refused)."""
     x = np.ones((1, N_FEATURES), np.float32)
     inp = grpcclient.InferInput("x", [1, N_FEATURES], "FP32")
     inp.set_data_from_numpy(x)
     y1 = client.infer("linear", [inp], client_timeout=T).as_numpy("y")
     y2 = client.infer("linear", [inp], timeout=5_000_000, client_timeout=T).as_numpy("y")
     np.testing.assert_array_equal(y1, y2)
+    y3 = client.infer("linear", [inp], priority=1, client_timeout=T).as_numpy("y")
+    np.testing.assert_array_equal(y1, y3)
     with pytest.raises(InferenceServerException) as err:
-        client.infer("linear", [inp], priority=1, client_timeout=T)
+        client.infer("linear", [inp], priority=2, client_timeout=T)
     assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
-    assert "priority" in err.value.message()
+    assert "priority 2 is outside 0..1" in err.value.message()
 
 
 def test_timeout_parameter_too_short_is_deadline_exceeded(client):

@@ -266,7 +266,7 @@ BatcherOptions MakeOptions(const std::string& model, const std::vector<InputSpec
                            uint32_t max_batch_size, const std::vector<uint32_t>& preferred,
                            int64_t max_queue_delay_us, uint32_t max_queue_size, uint32_t priority_levels,
                            uint32_t executors, int64_t slack_margin_us, int64_t slo_latency_us,
-                           bool admission_control) {
+                           bool admission_control, const std::vector<uint32_t>& level_max_queue) {
   BatcherOptions o;
   o.model = model;
   for (const auto& [name, bytes, transform] : inputs) o.inputs.push_back({name, bytes, transform});
@@ -279,6 +279,7 @@ BatcherOptions MakeOptions(const std::string& model, const std::vector<InputSpec
   o.slack_margin_ns = slack_margin_us * 1000;
   o.slo_latency_ns = slo_latency_us * 1000;
   o.admission_control = admission_control;
+  o.level_max_queue = level_max_queue;
   return o;
 }
 
@@ -328,16 +329,17 @@ PYBIND11_MODULE(_core, m) {
                        uint32_t max_batch_size, const std::vector<uint32_t>& preferred_batch_sizes,
                        int64_t max_queue_delay_us, uint32_t max_queue_size, uint32_t priority_levels,
                        uint32_t executors, int64_t slack_margin_us, int64_t slo_latency_us,
-                       bool admission_control) {
+                       bool admission_control, const std::vector<uint32_t>& level_max_queue) {
              return new PyBatcher(MakeOptions(model, inputs, max_batch_size, preferred_batch_sizes,
                                               max_queue_delay_us, max_queue_size, priority_levels, executors,
-                                              slack_margin_us, slo_latency_us, admission_control));
+                                              slack_margin_us, slo_latency_us, admission_control,
+                                              level_max_queue));
            }),
            py::arg("model"), py::arg("inputs"), py::arg("max_batch_size"),
            py::arg("preferred_batch_sizes") = std::vector<uint32_t>{}, py::arg("max_queue_delay_us") = 0,
            py::arg("max_queue_size") = 1024, py::arg("priority_levels") = 1, py::arg("executors") = 1,
            py::arg("slack_margin_us") = 0, py::arg("slo_latency_us") = 0,
-           py::arg("admission_control") = false)
+           py::arg("admission_control") = false, py::arg("level_max_queue") = std::vector<uint32_t>{})
       .def("submit", &PyBatcher::Submit, py::arg("token"), py::arg("arrays"), py::arg("rows"),
            py::arg("deadline_ns") = 0, py::arg("priority") = 0,
            "Queue a request; returns (handle for cancel(), evicted token or 0). Raises steadyserve.errors on refusal.")

@@ -48,6 +48,8 @@ Status Batcher::Create(const BatcherOptions& o, std::unique_ptr<Batcher>* out) {
     return Status(StatusCode::kInvalidArgument, where + "max_queue_size must be >= 1");
   if (o.priority_levels < 1 || o.priority_levels > 16)
     return Status(StatusCode::kInvalidArgument, where + "priority_levels must be in [1, 16]");
+  if (!o.level_max_queue.empty() && o.level_max_queue.size() != o.priority_levels)
+    return Status(StatusCode::kInvalidArgument, where + "level_max_queue needs one entry per priority level");
   if (o.executors < 1 || o.executors > 64)
     return Status(StatusCode::kInvalidArgument, where + "executors must be in [1, 64]");
   if (o.slack_margin_ns < 0)
@@ -70,6 +72,7 @@ Batcher::Batcher(const BatcherOptions& o) : options_(o), latency_(o.max_batch_si
   }
   levels_.resize(o.priority_levels);
   level_rows_.assign(o.priority_levels, 0);
+  level_requests_.assign(o.priority_levels, 0);
   batch_cap_ = o.max_batch_size;
   inflight_start_ns_.assign(o.executors, 0);
   inflight_rows_.assign(o.executors, 0);
@@ -126,6 +129,15 @@ Status Batcher::Submit(uint64_t token, const uint8_t* const* inputs, size_t n_in
         return Status(StatusCode::kDeadlineExceeded, ModelPrefix(o.model) + buf);
       }
     }
+    if (!o.level_max_queue.empty() && o.level_max_queue[priority] != 0 &&
+        level_requests_[priority] >= o.level_max_queue[priority]) {
+      ++stats_.rejected_queue_full;
+      return Status(StatusCode::kResourceExhausted,
+                    ModelPrefix(o.model) + "queue of priority level " + std::to_string(priority + 1) +
+                        " is full: " + std::to_string(level_requests_[priority]) +
+                        " requests queued (max_queue_size " + std::to_string(o.level_max_queue[priority]) +
+                        " for this level)");
+    }
     if (queued_requests_ >= o.max_queue_size || free_slots_.empty()) {
       uint64_t evicted_token = 0;
       if (!EvictLowerLocked(priority, &evicted_token)) {
@@ -178,6 +190,7 @@ Status Batcher::Submit(uint64_t token, const uint8_t* const* inputs, size_t n_in
     ++queued_requests_;
     queued_rows_ += rows;
     level_rows_[priority] += rows;
+    ++level_requests_[priority];
     ++stats_.submitted;
     result->handle = (static_cast<uint64_t>(slot.generation) << 32) | index;
   }
@@ -196,6 +209,7 @@ bool Batcher::Cancel(uint64_t handle) {
   --queued_requests_;
   queued_rows_ -= slot.rows;
   level_rows_[slot.priority] -= slot.rows;
+  --level_requests_[slot.priority];
   ++stats_.cancelled;
   return true;
 }
@@ -220,6 +234,7 @@ void Batcher::PruneHeadsLocked(int64_t now, Batch* batch) {
         --queued_requests_;
         queued_rows_ -= slot.rows;
         level_rows_[slot.priority] -= slot.rows;
+  --level_requests_[slot.priority];
         ++stats_.expired;
         batch->dropped.push_back({slot.token, StatusCode::kDeadlineExceeded});
         FreeSlotLocked(index);
@@ -279,6 +294,7 @@ bool Batcher::EvictLowerLocked(uint32_t priority, uint64_t* token) {
       --queued_requests_;
       queued_rows_ -= slot.rows;
       level_rows_[l] -= slot.rows;
+      --level_requests_[l];
       ++stats_.evicted;
       FreeSlotLocked(index);
       return true;
@@ -380,6 +396,7 @@ Status Batcher::NextBatch(int64_t timeout_ns, Batch* batch) {
           --queued_requests_;
           queued_rows_ -= slot.rows;
           level_rows_[slot.priority] -= slot.rows;
+  --level_requests_[slot.priority];
           ++stats_.expired;
           batch->dropped.push_back({slot.token, StatusCode::kDeadlineExceeded});
           FreeSlotLocked(index);
@@ -394,6 +411,7 @@ Status Batcher::NextBatch(int64_t timeout_ns, Batch* batch) {
         --queued_requests_;
         queued_rows_ -= slot.rows;
         level_rows_[slot.priority] -= slot.rows;
+  --level_requests_[slot.priority];
         batch->items.push_back({slot.token, rows, slot.rows, slot.enqueue_ns});
         rows += slot.rows;
         batch->slots.push_back(index);

@@ -2,7 +2,14 @@
 
 The in-process API is ``Runtime``; the server is ``steadyserve serve`` (see
 ``steadyserve.cli``). Errors are the classes of ``steadyserve.errors``.
+
+The runtime, its native core and ONNX Runtime load on first use of ``Runtime``
+(and friends), so ``import steadyserve`` and the CLI's quick answers stay fast.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from .errors import (
     BackendUnavailableError,
@@ -12,14 +19,37 @@ from .errors import (
     InternalError,
     InvalidArgumentError,
     NotFoundError,
+    PermissionDeniedError,
     ResourceExhaustedError,
     SteadyServeError,
     UnavailableError,
 )
-from .model import InferResult, ModelStatistics, ServableModel
-from .runtime import ModelIndexEntry, Runtime
+
+if TYPE_CHECKING:
+    from .model import InferResult, ModelStatistics, ServableModel
+    from .runtime import ModelIndexEntry, Runtime
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "InferResult": "model",
+    "ModelStatistics": "model",
+    "ServableModel": "model",
+    "ModelIndexEntry": "runtime",
+    "Runtime": "runtime",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'steadyserve' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "BackendUnavailableError",
@@ -32,6 +62,7 @@ __all__ = [
     "ModelIndexEntry",
     "ModelStatistics",
     "NotFoundError",
+    "PermissionDeniedError",
     "ResourceExhaustedError",
     "Runtime",
     "ServableModel",

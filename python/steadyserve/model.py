@@ -39,6 +39,7 @@ from .errors import (
 log = logging.getLogger("steadyserve.model")
 
 PLATFORM = "onnxruntime_onnx"
+_RECENT = 4096  # requests kept for in-process percentiles
 
 
 class InferResult:
@@ -99,6 +100,7 @@ class ModelStatistics:
     compute_output: Duration = field(default_factory=Duration)
     batch_stats: dict[int, BatchDuration] = field(default_factory=dict)
     refused: dict[str, int] = field(default_factory=dict)  # by grpc code name
+    slo_missed: int = 0  # answered, but later than slo.latency_ms
 
 
 class _Pending:
@@ -172,6 +174,14 @@ class ServableModel:
         self._output_names = [s.name for s in self.outputs]
         self._output_set = frozenset(self._output_names)
         batching = config.batching
+        slo = config.slo
+        self._priority_levels = slo.priority_levels
+        self._default_level = slo.default_level
+        self.slo_latency_ms = slo.latency_ms
+        level_caps = []
+        for level in range(1, slo.priority_levels + 1):
+            policy = slo.priority_queues.get(level)
+            level_caps.append(policy.max_queue_size or 0 if policy is not None else 0)
         layout = [
             (s.name, int(np.prod(self._input_rows[s.name], dtype=np.int64)) * s.dtype.itemsize, None)
             for s in self.inputs
@@ -186,11 +196,23 @@ class ServableModel:
             preferred_batch_sizes=list(batching.preferred_batch_sizes),
             max_queue_delay_us=int(batching.max_queue_delay_us),
             max_queue_size=int(batching.max_queue_size),
+            priority_levels=int(slo.priority_levels),
             executors=int(config.instances),
+            slack_margin_us=int(slo.margin_ms * 1000),
+            slo_latency_us=int((slo.latency_ms or 0) * 1000),
+            admission_control=bool(slo.admission_control),
+            level_max_queue=level_caps if any(level_caps) else [],
         )
-        slo = getattr(config, "slo", None)
-        default_ms = getattr(slo, "default_deadline_ms", None) if slo is not None else None
+        default_ms = slo.deadline_ms
         self._default_deadline_ns = int(default_ms * 1e6) if default_ms else None
+        self._slo_ns = int(slo.latency_ms * 1e6) if slo.latency_ms else None
+        self._started = time.monotonic()
+        # Recent request latencies and queue times, for in-process percentiles.
+        self._recent_latency_ns = np.zeros(_RECENT, dtype=np.int64)
+        self._recent_queue_ns = np.zeros(_RECENT, dtype=np.int64)
+        self._recent_latency_n = 0
+        self._recent_queue_n = 0
+        metrics.queue_depth.set_function(lambda: self._batcher.queued_requests)
         self._pending: dict[int, _Pending] = {}
         self._tokens = itertools.count(1)
         self._stats = ModelStatistics()
@@ -320,6 +342,18 @@ class ServableModel:
             arrays.append(np.ascontiguousarray(array))
         return arrays, rows
 
+    def _level(self, priority: int) -> int:
+        """Triton's convention: priority 0 is the default level, 1 the highest."""
+        p = int(priority)
+        if p == 0:
+            return self._default_level - 1
+        if 1 <= p <= self._priority_levels:
+            return p - 1
+        raise InvalidArgumentError(
+            f"model '{self.name}': priority {p} is outside 0..{self._priority_levels} "
+            f"(1 is the highest level, 0 means the default level {self._default_level})"
+        )
+
     def _deadline(self, deadline_ns: int | None) -> int:
         if deadline_ns is None and self._default_deadline_ns is not None:
             return time.monotonic_ns() + self._default_deadline_ns
@@ -331,14 +365,13 @@ class ServableModel:
             if self._closed:
                 raise UnavailableError(f"model '{self.name}' version {self.version} is stopping")
             arrays, rows = self._prepare(inputs, outputs)
+            level = self._level(priority)
             deadline = self._deadline(deadline_ns)
             token = next(self._tokens)
             pending = _Pending(future, loop, outputs, start_ns)
             self._pending[token] = pending  # before submit: an executor may answer at once
             try:
-                pending.handle, evicted = self._batcher.submit(
-                    token, arrays, rows, deadline, int(priority)
-                )
+                pending.handle, evicted = self._batcher.submit(token, arrays, rows, deadline, level)
             except BaseException:
                 self._pending.pop(token, None)
                 raise
@@ -533,9 +566,16 @@ class ServableModel:
 
     def _record_success(self, pending: _Pending, now: int) -> None:
         elapsed = now - pending.start_ns
+        within = self._slo_ns is None or elapsed <= self._slo_ns
         with self._stats_lock:
             self._stats.success.add(elapsed)
+            if not within:
+                self._stats.slo_missed += 1
+            self._recent_latency_ns[self._recent_latency_n % _RECENT] = elapsed
+            self._recent_latency_n += 1
         self._metrics.request_done("success", elapsed / 1e9)
+        if self._slo_ns is not None:
+            self._metrics.slo_result(within)
 
     def _record_failure(self, pending: _Pending, error: SteadyServeError, now: int | None = None):
         elapsed = (now or time.monotonic_ns()) - pending.start_ns
@@ -547,6 +587,9 @@ class ServableModel:
         queue_ns = [formed_ns - int(e) for e in enqueue_ns]
         with self._stats_lock:
             s = self._stats
+            for q in queue_ns:
+                self._recent_queue_ns[self._recent_queue_n % _RECENT] = q
+                self._recent_queue_n += 1
             s.execution_count += 1
             if error is None:
                 s.inference_count += rows
@@ -565,7 +608,6 @@ class ServableModel:
         for q in queue_ns:
             self._metrics.queue_duration.observe(max(0, q) / 1e9)
         self._metrics.batch_done(rows, infer_ns / 1e9)
-        self._metrics.queue_depth.set(self._batcher.queued_requests)
 
     def statistics(self) -> ModelStatistics:
         with self._stats_lock:
@@ -582,7 +624,63 @@ class ServableModel:
                 compute_output=Duration(s.compute_output.count, s.compute_output.ns),
                 batch_stats={k: BatchDuration(**vars(v)) for k, v in s.batch_stats.items()},
                 refused=dict(s.refused),
+                slo_missed=s.slo_missed,
             )
+
+    def slo_report(self) -> dict[str, Any]:
+        """SLO figures: attainment, goodput, refusals by reason, queue and execution times.
+
+        Attainment is the share of answered requests that were answered within
+        ``slo.latency_ms``; goodput counts those per second since the model started.
+        Percentiles cover the most recent requests (up to 4096).
+        """
+        with self._stats_lock:
+            answered = self._stats.success.count
+            missed = self._stats.slo_missed
+            latency = self._recent_latency_ns[: min(self._recent_latency_n, _RECENT)].copy()
+            queue = self._recent_queue_ns[: min(self._recent_queue_n, _RECENT)].copy()
+            failed = self._stats.fail.count
+        met = answered - missed
+        elapsed = max(1e-9, time.monotonic() - self._started)
+        core = self._batcher.stats()
+
+        def percentiles(ns: np.ndarray) -> dict[str, float | None]:
+            if ns.size == 0:
+                return {"p50": None, "p90": None, "p99": None}
+            p50, p90, p99 = np.percentile(ns, [50, 90, 99]) / 1e6
+            return {"p50": float(p50), "p90": float(p90), "p99": float(p99)}
+
+        return {
+            "latency_ms": self.slo_latency_ms,
+            "answered": answered,
+            "within_slo": met if self._slo_ns is not None else None,
+            "attainment": (met / answered if answered else None) if self._slo_ns else None,
+            "goodput_per_s": met / elapsed if self._slo_ns is not None else None,
+            "failed": failed,
+            "refused": self.refusals(core),
+            "latency_ms_recent": percentiles(latency),
+            "queue_ms_recent": percentiles(queue),
+            "execution_estimate_ms": {
+                rows: self.estimate_ms(rows) for rows in self._warmup_batch_sizes()
+            },
+            "batch_cap": self._batcher.batch_cap,
+        }
+
+    def refusals(self, core: dict[str, int] | None = None) -> dict[str, int]:
+        """Requests not executed, by reason (the core counts them where they happen)."""
+        core = core if core is not None else self._batcher.stats()
+        with self._stats_lock:
+            refused = dict(self._stats.refused)
+        return {
+            "admission": core["rejected_admission"],
+            "deadline_passed": core["rejected_deadline"],
+            "expired_in_queue": core["expired"],
+            "queue_full": core["rejected_queue_full"],
+            "shed_for_priority": core["evicted"],
+            "cancelled": core["cancelled"],
+            "invalid_input": refused.get("INVALID_ARGUMENT", 0),
+            "stopping": core["rejected_stopped"],
+        }
 
     def batcher_stats(self) -> dict[str, int]:
         return self._batcher.stats()

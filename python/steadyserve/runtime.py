@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from .backends.onnx import OnnxBackend
-from .errors import ConfigError, NotFoundError, SteadyServeError, UnavailableError
+from .errors import (
+    ConfigError,
+    NotFoundError,
+    PermissionDeniedError,
+    SteadyServeError,
+    UnavailableError,
+)
+from .faults import Fault, FaultInjector
 from .model import InferResult, ServableModel
 from .monitoring.metrics import Metrics
 from .repository import scan_repository, validate_model_name
@@ -45,6 +52,7 @@ class Runtime:
         models: Iterable[str] | None = None,
         metrics: Metrics | None = None,
         warmup: bool = True,
+        allow_fault_injection: bool = False,
     ):
         self.repository = Path(repository)
         self.metrics = metrics if metrics is not None else Metrics()
@@ -52,6 +60,7 @@ class Runtime:
         self._models: dict[str, dict[str, ServableModel]] = {}
         self._index: dict[tuple[str, str], ModelIndexEntry] = {}
         self._closed = False
+        self.allow_fault_injection = allow_fault_injection
         sources = scan_repository(self.repository)
         wanted = None if models is None else list(models)
         if wanted is not None:
@@ -84,6 +93,7 @@ class Runtime:
                         source.config,
                         backend,
                         self.metrics.for_model(source.name, version),
+                        faults=FaultInjector(source.name) if self.allow_fault_injection else None,
                     )
                     model.start(warmup=warmup and source.config.onnxruntime.warmup)
                 except BaseException:
@@ -201,6 +211,32 @@ class Runtime:
         return await self.get_model(model, version).infer_async(
             inputs, deadline_ns=deadline, priority=priority, outputs=outputs
         )
+
+    # ----------------------------------------------------------------- fault injection
+
+    def inject_fault(
+        self, model: str, kind: str, *, delay_ms: float = 0.0, version: str | None = None
+    ) -> Fault:
+        """Make a model fail on purpose (see steadyserve.faults); needs allow_fault_injection."""
+        return self._fault_target(model, version).inject(kind, delay_ms)
+
+    def clear_fault(self, model: str, *, version: str | None = None) -> None:
+        self._fault_target(model, version).clear()
+
+    def _fault_target(self, model: str, version: str | None) -> FaultInjector:
+        if not self.allow_fault_injection:
+            raise PermissionDeniedError(
+                "fault injection is off: start the server with --allow-fault-injection "
+                "(or Runtime(..., allow_fault_injection=True)) to use it"
+            )
+        validate_model_name(model)
+        versions = self._models.get(model)
+        if not versions:
+            raise NotFoundError(f"model '{model}' not found or not loaded")
+        target = versions.get(str(version)) if version else versions[max(versions, key=int)]
+        if target is None:
+            raise NotFoundError(f"model '{model}' has no loaded version '{version}'")
+        return target.faults
 
     # ----------------------------------------------------------------- shutdown
 

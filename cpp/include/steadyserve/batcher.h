@@ -57,6 +57,7 @@ struct BatcherOptions {
   int64_t max_queue_delay_ns = 0;              // >= 0
   uint32_t max_queue_size = 1024;              // queued requests, >= 1
   uint32_t priority_levels = 1;                // level 0 is served first, >= 1
+  std::vector<uint32_t> level_max_queue;       // per level: queued requests allowed, 0 = no own cap
   uint32_t executors = 1;                      // batch buffers = concurrent NextBatch callers
   int64_t slack_margin_ns = 0;                 // added to execution estimates, >= 0
   int64_t slo_latency_ns = 0;                  // > 0: cap batches so estimated execution + margin fits
@@ -210,7 +211,8 @@ class Batcher {
   std::vector<Ring> levels_;
   uint32_t queued_requests_ = 0;
   uint32_t queued_rows_ = 0;
-  std::vector<uint32_t> level_rows_;  // queued rows per level
+  std::vector<uint32_t> level_rows_;      // queued rows per level
+  std::vector<uint32_t> level_requests_;  // queued requests per level
   uint32_t batch_cap_ = 0;
   uint64_t next_batch_id_ = 1;
   BatcherStats stats_;

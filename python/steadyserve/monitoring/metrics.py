@@ -66,6 +66,12 @@ class Metrics:
         self.queue_depth = Gauge(
             "steadyserve_queue_depth", "Requests waiting in the batcher queue.", labels, registry=r
         )
+        self.slo_requests = Counter(
+            "steadyserve_slo_requests",
+            "Answered requests by whether they met the model's latency SLO (result=met|missed).",
+            labels + ["result"],
+            registry=r,
+        )
         self.model_ready = Gauge(
             "steadyserve_model_ready", "1 when the model version is ready to serve.", labels,
             registry=r,
@@ -88,6 +94,8 @@ class ModelMetrics:
         self.batch_size = metrics.batch_size.labels(name, version)
         self.queue_depth = metrics.queue_depth.labels(name, version)
         self.ready = metrics.model_ready.labels(name, version)
+        self.slo_met = metrics.slo_requests.labels(name, version, "met")
+        self.slo_missed = metrics.slo_requests.labels(name, version, "missed")
 
     def request_done(self, outcome: str, duration_s: float | None = None) -> None:
         counter = self._outcomes.get(outcome)
@@ -97,6 +105,9 @@ class ModelMetrics:
         counter.inc()
         if duration_s is not None:
             self.request_duration.observe(duration_s)
+
+    def slo_result(self, within: bool) -> None:
+        (self.slo_met if within else self.slo_missed).inc()
 
     def batch_done(self, rows: int, compute_s: float) -> None:
         self.batch_size.observe(rows)
