@@ -19,11 +19,13 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import _core
+from .contract import build_monitor, build_transform, drift_section, read_stats
 from .datatypes import TensorSpec, coerce
 from .errors import (
     CancelledError,
@@ -182,8 +184,13 @@ class ServableModel:
         for level in range(1, slo.priority_levels + 1):
             policy = slo.priority_queues.get(level)
             level_caps.append(policy.max_queue_size or 0 if policy is not None else 0)
+        self._contracts, self._monitors = self._build_contracts(config)
         layout = [
-            (s.name, int(np.prod(self._input_rows[s.name], dtype=np.int64)) * s.dtype.itemsize, None)
+            (
+                s.name,
+                int(np.prod(self._input_rows[s.name], dtype=np.int64)) * s.dtype.itemsize,
+                self._contracts[s.name][0] if s.name in self._contracts else None,
+            )
             for s in self.inputs
         ]
         for input_name, row_bytes, _ in layout:
@@ -220,6 +227,92 @@ class ServableModel:
         self._threads: list[threading.Thread] = []
         self.ready = False
         self._closed = False
+
+    # ----------------------------------------------------------------- contracts
+
+    def _build_contracts(self, config):
+        """Native transforms for inputs with a feature contract, monitors for outputs.
+
+        Returns ({input: (transform, names, stats)}, {output: (monitor, stats)}).
+        """
+        model_dir = Path(getattr(self._backend, "path", ".")).parent
+        stats_cache: dict[str, dict | None] = {}
+
+        def stats_for(file_name: str, required: bool) -> dict | None:
+            if file_name not in stats_cache:
+                path = model_dir / file_name
+                stats_cache[file_name] = read_stats(path) if (required or path.exists()) else None
+            return stats_cache[file_name]
+
+        contracts = {}
+        for entry in config.inputs:
+            contract = entry.contract
+            if contract is None:
+                continue
+            spec = self._input_by_name[entry.name]
+            row = self._input_rows[entry.name]
+            where = f"model '{self.name}' input '{entry.name}'"
+            if spec.datatype != "FP32" or self.max_batch_size == 0 or len(row) != 1:
+                raise ConfigError(
+                    f"{where}: a feature contract needs an FP32 [batch, features] input of a "
+                    f"batching model; this one is {spec.datatype} {list(spec.shape)}"
+                )
+            needs_stats = contract.scaling != "none" or contract.missing in ("mean", "median") or any(
+                r.missing in ("mean", "median") for r in contract.features.values()
+            )
+            stats_file = stats_for(contract.stats, needs_stats)
+            stats = (stats_file or {}).get("inputs", {}).get(entry.name, {})
+            if needs_stats and not stats:
+                raise ConfigError(
+                    f"{where}: {model_dir / contract.stats} has no stats for input "
+                    f"'{entry.name}' (run `steadyserve fit`)"
+                )
+            transform = build_transform(
+                self.name, entry.name, row[0], contract, config.drift, stats, where
+            )
+            names = contract.feature_names or stats.get("feature_names")
+            contracts[entry.name] = (transform, names, stats)
+        monitors = {}
+        stats_file = stats_for("stats.json", False)
+        for spec in self.outputs:
+            stats = (stats_file or {}).get("outputs", {}).get(spec.name)
+            if not stats or spec.datatype != "FP32" or self.max_batch_size == 0:
+                continue
+            width = int(np.prod([d for d in spec.shape[1:]], dtype=np.int64)) if spec.shape[1:] else 1
+            if width <= 0:
+                continue
+            where = f"model '{self.name}' output '{spec.name}'"
+            monitor = build_monitor(self.name, spec.name, width, config.drift, stats, where)
+            if monitor is not None:
+                monitors[spec.name] = (monitor, stats)
+        return contracts, monitors
+
+    def drift_report(self) -> dict[str, Any]:
+        """Live drift and data quality against the reference, per input and output."""
+        drift = self.config.drift
+        inputs = {
+            name: drift_section(transform.snapshot(), stats, names, drift)
+            for name, (transform, names, stats) in self._contracts.items()
+        }
+        outputs = {
+            name: drift_section(monitor.snapshot(), stats, None, drift)
+            for name, (monitor, stats) in self._monitors.items()
+        }
+        return {
+            "model": self.name,
+            "version": self.version,
+            "psi_threshold": drift.psi_threshold,
+            "window_rows": drift.window_rows if drift.window_seconds is None else None,
+            "window_seconds": drift.window_seconds,
+            "inputs": inputs,
+            "outputs": outputs,
+        }
+
+    def reset_drift(self) -> None:
+        for transform, _, _ in self._contracts.values():
+            transform.reset()
+        for monitor, _ in self._monitors.values():
+            monitor.reset()
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -496,6 +589,10 @@ class ServableModel:
             outputs = self._backend.run(feeds, self._output_names)
             if self.faults is not None:
                 outputs = self.faults.after_run(outputs)
+            for name, (monitor, _) in self._monitors.items():
+                out = outputs.get(name)
+                if out is not None and out.dtype == np.float32 and out.shape[:1] == (rows,):
+                    monitor.observe(np.ascontiguousarray(out).reshape(rows, -1))
         except SteadyServeError as e:
             error = e
         except Exception as e:  # an unexpected backend failure still fails only this batch
