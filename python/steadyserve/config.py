@@ -290,6 +290,62 @@ class DriftConfig(_Section):
     )
 
 
+class OutputCheck(_Section):
+    name: str = Field(min_length=1, description="output tensor name")
+    finite: bool = Field(True, description="true/false: NaN or inf in the output is a failure")
+    min: float | None = Field(None, allow_inf_nan=False, description="smallest valid value")
+    max: float | None = Field(None, allow_inf_nan=False, description="largest valid value")
+
+
+class CircuitConfig(_Section):
+    window_s: float = Field(
+        10.0, gt=0, allow_inf_nan=False, description="sliding window for the failure rate, s, > 0"
+    )
+    min_requests: int = Field(
+        20, ge=1, description="requests in the window before the failure rate can open it, >= 1"
+    )
+    failure_rate: float = Field(
+        0.5, gt=0, le=1, allow_inf_nan=False, description="failure share that opens it, (0, 1]"
+    )
+    consecutive_failures: int = Field(
+        5, ge=1, description="failures in a row that open it, >= 1"
+    )
+    open_s: float = Field(
+        5.0, gt=0, allow_inf_nan=False,
+        description="cool-down before half-open probes are let through, s, > 0",
+    )
+    half_open_probes: int = Field(
+        3, ge=1, description="successful probes in a row that close it again, >= 1"
+    )
+
+
+class FailoverConfig(_Section):
+    execution_timeout_ms: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="a batch running longer is terminated and its requests go to the backup, "
+        "ms, > 0 (omit: no timeout)",
+    )
+    output_checks: list[OutputCheck] = Field(
+        default_factory=list,
+        description="checks on outputs; a failing batch counts as a failure of the model",
+    )
+    on_deadline_miss: bool = Field(
+        True,
+        description="true/false: send a request to the backup when this model is estimated "
+        "to miss its deadline and the backup is not",
+    )
+    circuit: CircuitConfig = Field(
+        default_factory=CircuitConfig, description="a mapping of circuit-breaker settings"
+    )
+    default_output: dict[str, list[float]] | None = Field(
+        None,
+        description="last resort when the backup fails too: a static row per output "
+        "(e.g. {probabilities: [0.5, 0.5]}), answered marked as a default",
+    )
+
+
 def _check_versions(value: Any) -> Any:
     # One clear message instead of pydantic's two (one per branch of the union).
     allowed = "'latest', 'all' or a non-empty list of version numbers >= 1, e.g. [1, 2]"
@@ -339,8 +395,19 @@ class ModelConfig(_Section):
     drift: DriftConfig = Field(
         default_factory=DriftConfig, description="a mapping of drift-monitoring settings"
     )
+    backup: str | None = Field(
+        None,
+        min_length=1,
+        description="name of the model that answers when this one fails (same inputs and "
+        "outputs); a chain is allowed, a cycle is not",
+    )
+    failover: FailoverConfig = Field(
+        default_factory=FailoverConfig, description="a mapping of failover settings"
+    )
 
-    @field_validator("inputs", "outputs", "batching", "onnxruntime", "slo", "drift", mode="before")
+    @field_validator(
+        "inputs", "outputs", "batching", "onnxruntime", "slo", "drift", "failover", mode="before"
+    )
     @classmethod
     def _empty_section(cls, value: Any, info: ValidationInfo) -> Any:
         # `batching:` with every line under it commented out reads as null: mean the defaults.

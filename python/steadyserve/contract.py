@@ -117,34 +117,54 @@ def stats_from_sklearn(scaler, names: Sequence[str] | None = None) -> dict[str, 
     """Scaling parameters of a fitted scikit-learn StandardScaler, MinMaxScaler or
     RobustScaler, as the stats of one input (no drift reference: fit data for that).
 
-    Reads the fitted attributes only; nothing is unpickled here.
+    Reads the fitted attributes only; nothing is unpickled here. The options that
+    change what ``transform`` does are honoured (``with_mean`` / ``with_std``,
+    ``with_centering`` / ``with_scaling``); those a contract cannot express are
+    refused (MinMaxScaler with another ``feature_range`` or ``clip=True``).
+    Feature names default to the scaler's ``feature_names_in_`` (fitted on a
+    DataFrame).
     """
     kind = type(scaler).__name__
+    if kind not in ("StandardScaler", "MinMaxScaler", "RobustScaler"):
+        raise ValueError(
+            f"unsupported scaler {kind}: use StandardScaler, MinMaxScaler or RobustScaler"
+        )
+    n = getattr(scaler, "n_features_in_", None)
+    if n is None:
+        raise ValueError(f"the {kind} is not fitted: call fit() first")
+    n = int(n)
+
+    def vector(attr: str, default: float) -> list[float]:
+        value = getattr(scaler, attr, None)
+        if value is None:
+            return [default] * n
+        return [float(v) for v in np.asarray(value, dtype=np.float64).reshape(n)]
+
     stats: dict[str, Any] = {}
     if kind == "StandardScaler":
-        mean = getattr(scaler, "mean_", None)
-        scale = getattr(scaler, "scale_", None)
-        n = len(mean if mean is not None else scale)
-        stats["mean"] = [float(v) for v in (mean if mean is not None else np.zeros(n))]
-        stats["std"] = [float(v) for v in (scale if scale is not None else np.ones(n))]
+        # mean_ is set even with with_mean=False, but transform() does not subtract it.
+        stats["mean"] = vector("mean_", 0.0) if scaler.with_mean else [0.0] * n
+        stats["std"] = vector("scale_", 1.0) if scaler.with_std else [1.0] * n
     elif kind == "MinMaxScaler":
         lo, hi = scaler.feature_range
         if (lo, hi) != (0, 1):
             raise ValueError("only MinMaxScaler(feature_range=(0, 1)) maps onto 'minmax' scaling")
-        stats["min"] = [float(v) for v in scaler.data_min_]
-        stats["max"] = [float(v) for v in scaler.data_max_]
-    elif kind == "RobustScaler":
-        center = getattr(scaler, "center_", None)
-        scale = getattr(scaler, "scale_", None)
-        n = len(center if center is not None else scale)
-        center = center if center is not None else np.zeros(n)
-        scale = scale if scale is not None else np.ones(n)
-        stats["median"] = [float(v) for v in center]
-        stats["q25"] = [0.0] * n  # only the spread q75 - q25 is used: keep it exact
-        stats["q75"] = [float(v) for v in scale]
+        if getattr(scaler, "clip", False):
+            raise ValueError(
+                "MinMaxScaler(clip=True) clips its output; a contract clips inputs instead: "
+                "use contract min/max with out_of_range: clip and a scaler with clip=False"
+            )
+        stats["min"] = vector("data_min_", 0.0)
+        stats["max"] = vector("data_max_", 1.0)
     else:
-        raise ValueError(f"unsupported scaler {kind}: use StandardScaler, MinMaxScaler or RobustScaler")
+        stats["median"] = vector("center_", 0.0) if scaler.with_centering else [0.0] * n
+        stats["q25"] = [0.0] * n  # only the spread q75 - q25 is used: keep it exact
+        stats["q75"] = vector("scale_", 1.0) if scaler.with_scaling else [1.0] * n
+    if names is None and getattr(scaler, "feature_names_in_", None) is not None:
+        names = [str(v) for v in scaler.feature_names_in_]
     if names is not None:
+        if len(names) != n:
+            raise ValueError(f"{len(names)} feature names for a scaler of {n} features")
         stats["feature_names"] = list(names)
     return stats
 
@@ -270,7 +290,7 @@ def build_transform(
         scale = _safe_inverse(iqr)
 
     bins, edges = _reference_edges(s, n_features, where)
-    sub_rows, sub_s = _sub_window(drift)
+    subs, sub_rows, sub_s = _sub_window(drift)
     return _core.FeatureTransform(
         model,
         input_name,
@@ -284,7 +304,7 @@ def build_transform(
         scale.astype(np.float32).tolist(),
         bins=bins,
         edges=edges,
-        sub_windows=drift.sub_windows,
+        sub_windows=subs,
         sub_window_rows=sub_rows,
         sub_window_s=sub_s,
     )
@@ -299,12 +319,12 @@ def build_monitor(model: str, output_name: str, n_values: int, drift, stats, whe
         return None
     lo = stats.get("min", [-math.inf] * n_values)
     hi = stats.get("max", [math.inf] * n_values)
-    sub_rows, sub_s = _sub_window(drift)
+    subs, sub_rows, sub_s = _sub_window(drift)
     return _core.FeatureTransform(
         model, output_name, [],
         [float(v) for v in lo], [float(v) for v in hi],
         [0] * n_values, [1] * n_values, [0.0] * n_values, [0.0] * n_values, [1.0] * n_values,
-        bins=bins, edges=edges, sub_windows=drift.sub_windows,
+        bins=bins, edges=edges, sub_windows=subs,
         sub_window_rows=sub_rows, sub_window_s=sub_s,
     )
 
@@ -324,10 +344,17 @@ def _reference_edges(stats: Mapping[str, Any], n: int, where: str) -> tuple[int,
     return array.shape[1] + 1, array.ravel().tolist()
 
 
-def _sub_window(drift) -> tuple[int, float]:
+def _sub_window(drift) -> tuple[int, int, float]:
+    """(sub_windows, rows per sub-window, seconds per sub-window) of the live window.
+
+    A row window smaller than sub_windows gets one row per sub-window (not a window
+    of sub_windows rows). As it slides, a row window holds between window_rows minus
+    one sub-window and window_rows rows.
+    """
     if drift.window_seconds is not None:
-        return 1, drift.window_seconds / drift.sub_windows
-    return max(1, drift.window_rows // drift.sub_windows), 0.0
+        return drift.sub_windows, 1, drift.window_seconds / drift.sub_windows
+    subs = min(drift.sub_windows, drift.window_rows)
+    return subs, max(1, drift.window_rows // subs), 0.0
 
 
 # ----------------------------------------------------------------------------- drift
@@ -377,6 +404,7 @@ def drift_section(snapshot: Mapping[str, Any], stats: Mapping[str, Any], names, 
     ]
     return {
         "rows": rows,
+        "min_rows": drift.min_rows,
         "enough_rows": meaningful,
         "worst": worst,
         "flagged": flagged,

@@ -2,7 +2,10 @@
 
 Two models for the same synthetic tabular task, so failover and benchmarks have a
 realistic pair: ``tabular`` (an MLP, the primary) and ``tabular-lite`` (logistic
-regression: cheaper, less accurate, the natural backup). Both are trained here with
+regression: cheaper, less accurate, the natural backup). Both come with a feature contract
+(NaN / inf and values outside [-10, 10] refused, features named f00..f31) and a stats
+file fitted on the training data, so drift against it shows up in ``drift_report()``,
+``GET /v2/models/tabular/drift`` and /metrics. Both are trained here with
 plain numpy from a fixed seed and written with the onnx helper API: no downloads,
 and the same bytes every time on a given machine.
 """
@@ -16,6 +19,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .contract import fit_stats, write_stats
+
 N_FEATURES = 32
 N_CLASSES = 2
 TRAIN_ROWS = 4096
@@ -28,9 +33,9 @@ IR_VERSION = 8  # readable by onnxruntime >= 1.17 (the oldest we support)
 # features are noise, as in real tables.
 _LINEAR = np.linspace(1.0, -1.0, 8)
 
-_CONFIG = """\
+_CONFIG_TEMPLATE = """\
 # Demo model written by steadyserve.demo.build_demo_repository.
-# Every key is optional; the values below are the defaults spelled out.
+# Every key is optional; down to `warmup` the values are the defaults spelled out.
 max_batch_size: 64
 batching:
   preferred_batch_sizes: []
@@ -44,7 +49,27 @@ onnxruntime:
   allow_spinning: false   # a spinning thread pool burns a core even when idle
   graph_optimization: all
   warmup: true
+# The feature contract of the input, checked and counted in the same native pass that
+# copies each row into its batch. stats.json next to model.onnx holds the statistics and
+# the drift reference of the training data (written like `steadyserve fit` writes it).
+inputs:
+  - name: features
+    contract:
+      feature_names: [{names}]
+      missing: reject         # NaN / inf -> INVALID_ARGUMENT naming the row and the feature
+      min: -10.0
+      max: 10.0
+      out_of_range: reject    # the features are N(0, 1): |x| > 10 (p ~ 1e-23) is a bug upstream
+      scaling: none           # the model was trained on the raw features (already N(0, 1))
+      stats: stats.json
+drift:                        # live window vs the reference, per feature and per output
+  window_rows: 10000
+  sub_windows: 10             # the window slides by 1000 rows
+  psi_threshold: 0.2
+  min_rows: 200
 """
+
+FEATURE_NAMES = [f"f{i:02d}" for i in range(N_FEATURES)]
 
 
 def demo_dataset(n_rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -94,13 +119,17 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _predict(params: list[np.ndarray], x: np.ndarray) -> np.ndarray:
+def _logits(params: list[np.ndarray], x: np.ndarray) -> np.ndarray:
     h = x
     for i in range(len(params) // 2):
         h = h @ params[2 * i] + params[2 * i + 1]
         if i < len(params) // 2 - 1:
             h = np.maximum(h, 0.0)
-    return h.argmax(axis=1)
+    return h
+
+
+def _predict(params: list[np.ndarray], x: np.ndarray) -> np.ndarray:
+    return _logits(params, x).argmax(axis=1)
 
 
 def _export(params: list[np.ndarray], name: str, doc: str, accuracy: float) -> onnx.ModelProto:
@@ -153,7 +182,8 @@ def _one_blas_thread():
 
 
 def build_demo_repository(root: Path | str) -> Path:
-    """Write ``root/tabular`` and ``root/tabular-lite`` (config.yaml, 1/model.onnx); returns root.
+    """Write ``root/tabular`` and ``root/tabular-lite`` (config.yaml, 1/model.onnx,
+    1/stats.json); returns root.
 
     Both models: input "features" FP32 [-1, 32] -> output "probabilities" FP32 [-1, 2].
     """
@@ -173,7 +203,18 @@ def build_demo_repository(root: Path | str) -> Path:
             version_dir.mkdir(parents=True, exist_ok=True)
             onnx.save_model(model, str(version_dir / "model.onnx"))
             (root / name / "config.yaml").write_text(_CONFIG, encoding="utf-8")
+            # The contract's stats and drift reference: the training features, and the
+            # model's answers on them (prediction drift).
+            probabilities = _softmax(_logits(params, x)).astype(np.float32)
+            stats = fit_stats(
+                {"features": x},
+                {"probabilities": probabilities},
+                names={"features": FEATURE_NAMES},
+            )
+            write_stats(version_dir / "stats.json", stats)
     return root
 
 
-__all__ = ["build_demo_repository", "demo_dataset"]
+_CONFIG = _CONFIG_TEMPLATE.replace("{names}", ", ".join(FEATURE_NAMES))
+
+__all__ = ["FEATURE_NAMES", "build_demo_repository", "demo_dataset"]

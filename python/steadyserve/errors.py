@@ -64,6 +64,18 @@ class InternalError(SteadyServeError):
     grpc_code = "INTERNAL"
 
 
+class ModelFailureError(InternalError):
+    """The model failed a valid request: its execution raised, ran past the execution
+    timeout, or produced outputs that failed a check. This is what failover reacts to.
+
+    ``reason`` is one of ``execution_error``, ``execution_timeout``, ``bad_output``.
+    """
+
+    def __init__(self, message: str, reason: str = "execution_error"):
+        super().__init__(message)
+        self.reason = reason
+
+
 class ConfigError(SteadyServeError, ValueError):
     """A configuration file or value is invalid; the message names the file and the key."""
 
@@ -83,6 +95,7 @@ __all__ = [
     "DeadlineExceededError",
     "InternalError",
     "InvalidArgumentError",
+    "ModelFailureError",
     "NotFoundError",
     "PermissionDeniedError",
     "ResourceExhaustedError",

@@ -27,12 +27,14 @@ import numpy as np
 from . import _core
 from .contract import build_monitor, build_transform, drift_section, read_stats
 from .datatypes import TensorSpec, coerce
+from .watchdog import ExecutionWatchdog
 from .errors import (
     CancelledError,
     ConfigError,
     DeadlineExceededError,
     InternalError,
     InvalidArgumentError,
+    ModelFailureError,
     ResourceExhaustedError,
     SteadyServeError,
     UnavailableError,
@@ -175,6 +177,16 @@ class ServableModel:
         self._input_by_name = {s.name: s for s in self.inputs}
         self._output_names = [s.name for s in self.outputs]
         self._output_set = frozenset(self._output_names)
+        failover = config.failover
+        self._output_checks = list(failover.output_checks)
+        for check in self._output_checks:
+            if check.name not in self._output_set:
+                raise ConfigError(
+                    f"model '{name}': failover.output_checks names output '{check.name}', "
+                    f"which the model does not have (outputs: {', '.join(self._output_names)})"
+                )
+        self._execution_timeout_ms = failover.execution_timeout_ms
+        self._watchdog: ExecutionWatchdog | None = None  # started with the executors
         batching = config.batching
         slo = config.slo
         self._priority_levels = slo.priority_levels
@@ -224,6 +236,9 @@ class ServableModel:
         self._tokens = itertools.count(1)
         self._stats = ModelStatistics()
         self._stats_lock = threading.Lock()
+        # Queued requests withdrawn when their deadline passed: the core counts them as
+        # cancelled; refusals() reports them as expired_in_queue.
+        self._expired_withdrawn = 0
         self._threads: list[threading.Thread] = []
         self.ready = False
         self._closed = False
@@ -320,6 +335,8 @@ class ServableModel:
         """Warm up (seeding the latency model), start the executors, become ready."""
         if warmup:
             self._warmup()
+        if self._execution_timeout_ms:
+            self._watchdog = ExecutionWatchdog(self.name, self._execution_timeout_ms / 1000.0)
         for i in range(int(self.config.instances)):
             thread = threading.Thread(
                 target=self._executor_loop,
@@ -345,6 +362,8 @@ class ServableModel:
         stuck = [t.name for t in self._threads if t.is_alive()]
         if stuck:
             log.error("executors did not stop in time", extra={"threads": stuck})
+        if self._watchdog is not None:
+            self._watchdog.stop()
         self._backend.close()
 
     def _warmup_batch_sizes(self) -> list[int]:
@@ -529,9 +548,18 @@ class ServableModel:
         pending = self._pending.pop(token, None)
         if pending is None:
             return False
-        if pending.handle is not None:
-            self._batcher.cancel(pending.handle)
-        error = DeadlineExceededError(f"model '{self.name}': deadline exceeded before execution")
+        with self._stats_lock:  # cancel and count together: refusals() reads both at once
+            withdrawn = pending.handle is not None and self._batcher.cancel(pending.handle)
+            if withdrawn:
+                self._expired_withdrawn += 1
+        if withdrawn:
+            error = DeadlineExceededError(
+                f"model '{self.name}': deadline passed while queued; the request was not executed"
+            )
+        else:
+            error = DeadlineExceededError(
+                f"model '{self.name}': deadline passed while its batch was executing"
+            )
         self._record_failure(pending, error)
         # Sync callers: we run in their thread; async: on their loop (a loop timer).
         if not pending.future.done():
@@ -559,6 +587,35 @@ class ServableModel:
             if stopped:
                 return
 
+    def _check_outputs(self, outputs: dict[str, np.ndarray]) -> None:
+        """failover.output_checks: a batch with a bad output fails as a whole."""
+        for check in self._output_checks:
+            out = outputs.get(check.name)
+            if out is None or out.dtype.kind != "f":
+                continue
+            if check.finite and not np.isfinite(out).all():
+                bad = np.argwhere(~np.isfinite(out))[0]
+                raise ModelFailureError(
+                    f"model '{self.name}' version {self.version}: output '{check.name}' has a "
+                    f"non-finite value {out[tuple(bad)].item()!r} at {bad.tolist()}",
+                    reason="bad_output",
+                )
+            outside = None
+            if check.min is not None:
+                outside = out < check.min
+            if check.max is not None:
+                above = out > check.max
+                outside = above if outside is None else outside | above
+            if outside is not None and outside.any():
+                bad = np.argwhere(outside)[0]
+                low = "-inf" if check.min is None else f"{check.min:g}"
+                high = "inf" if check.max is None else f"{check.max:g}"
+                raise ModelFailureError(
+                    f"model '{self.name}' version {self.version}: output '{check.name}' value "
+                    f"{float(out[tuple(bad)]):g} at {bad.tolist()} is outside [{low}, {high}]",
+                    reason="bad_output",
+                )
+
     def _answer_evicted(self, token: int) -> None:
         error = ResourceExhaustedError(
             f"model '{self.name}': shed from a full queue to make room for a request of "
@@ -583,26 +640,43 @@ class ServableModel:
         t1 = time.perf_counter_ns()
         error: SteadyServeError | None = None
         outputs: dict[str, np.ndarray] = {}
+        run_options = run_id = None
+        abort = threading.Event()
+        if self._watchdog is not None:
+            run_options = self._backend.new_run_options()
+            run_id = self._watchdog.begin(run_options, abort)
         try:
             if self.faults is not None:
-                self.faults.before_run()
-            outputs = self._backend.run(feeds, self._output_names)
+                self.faults.before_run(abort)
+            outputs = self._backend.run(feeds, self._output_names, run_options)
             if self.faults is not None:
                 outputs = self.faults.after_run(outputs)
+            self._check_outputs(outputs)
             for name, (monitor, _) in self._monitors.items():
                 out = outputs.get(name)
                 if out is not None and out.dtype == np.float32 and out.shape[:1] == (rows,):
                     monitor.observe(np.ascontiguousarray(out).reshape(rows, -1))
-        except SteadyServeError as e:
+        except ModelFailureError as e:
             error = e
+        except SteadyServeError as e:
+            error = ModelFailureError(str(e))
         except Exception as e:  # an unexpected backend failure still fails only this batch
-            error = InternalError(f"model '{self.name}' version {self.version} failed: {e}")
+            error = ModelFailureError(f"model '{self.name}' version {self.version} failed: {e}")
+        finally:
+            if run_id is not None:
+                self._watchdog.end(run_id)
+        if abort.is_set() and error is not None:
+            error = ModelFailureError(
+                f"model '{self.name}' version {self.version}: execution ran past "
+                f"execution_timeout_ms {self._watchdog.timeout_s * 1000:g} and was terminated",
+                reason="execution_timeout",
+            )
         t2 = time.perf_counter_ns()
         self._batcher.complete(buffer, rows, t2 - t1)  # the buffer is free again
         if error is None and self.max_batch_size > 0:
             for name, out in outputs.items():
                 if out.ndim == 0 or out.shape[0] != rows:
-                    error = InternalError(
+                    error = ModelFailureError(
                         f"model '{self.name}': output '{name}' has shape {list(out.shape)}, "
                         f"expected {rows} rows for a batch of {rows}"
                     )
@@ -765,16 +839,17 @@ class ServableModel:
 
     def refusals(self, core: dict[str, int] | None = None) -> dict[str, int]:
         """Requests not executed, by reason (the core counts them where they happen)."""
-        core = core if core is not None else self._batcher.stats()
         with self._stats_lock:
+            core = core if core is not None else self._batcher.stats()
             refused = dict(self._stats.refused)
+            expired_withdrawn = self._expired_withdrawn
         return {
             "admission": core["rejected_admission"],
             "deadline_passed": core["rejected_deadline"],
-            "expired_in_queue": core["expired"],
+            "expired_in_queue": core["expired"] + expired_withdrawn,
             "queue_full": core["rejected_queue_full"],
             "shed_for_priority": core["evicted"],
-            "cancelled": core["cancelled"],
+            "cancelled": max(0, core["cancelled"] - expired_withdrawn),
             "invalid_input": refused.get("INVALID_ARGUMENT", 0),
             "stopping": core["rejected_stopped"],
         }
@@ -785,6 +860,14 @@ class ServableModel:
     @property
     def queue_depth(self) -> int:
         return self._batcher.queued_requests
+
+    def estimate_completion_ns(self, rows: int, priority: int = 0) -> int:
+        """When a request of ``rows`` rows sent now would finish (monotonic ns); 0 = unknown."""
+        try:
+            level = self._level(priority)
+        except InvalidArgumentError:
+            level = self._default_level - 1
+        return self._batcher.estimate_completion_ns(max(1, min(rows, self._batcher.max_batch_size)), level)
 
     def estimate_ms(self, rows: int) -> float:
         """The latency model's execution estimate for a batch of ``rows`` rows."""

@@ -28,6 +28,8 @@ from .errors import (
 )
 from .faults import Fault, FaultInjector
 from .model import InferResult, ServableModel
+from .routing import Router
+from .monitoring.drift import register_drift_collector
 from .monitoring.metrics import Metrics
 from .repository import scan_repository, validate_model_name
 
@@ -56,6 +58,7 @@ class Runtime:
     ):
         self.repository = Path(repository)
         self.metrics = metrics if metrics is not None else Metrics()
+        register_drift_collector(self)  # drift gauges, read from the models at scrape time
         self._lock = threading.Lock()
         self._models: dict[str, dict[str, ServableModel]] = {}
         self._index: dict[tuple[str, str], ModelIndexEntry] = {}
@@ -70,9 +73,11 @@ class Runtime:
                     f"repository {self.repository}: no model named {', '.join(missing)} "
                     f"(found: {', '.join(sorted(sources)) or 'none'})"
                 )
+        self.router = Router(self, on_change=self._circuit_changed, metrics=self.metrics)
         for name in sorted(sources):
             if wanted is None or name in wanted:
                 self._load(sources[name], warmup)
+        self._check_backups(sources)
 
     def _load(self, source, warmup: bool) -> None:
         if source.error is not None or source.config is None:
@@ -109,6 +114,7 @@ class Runtime:
                 )
                 continue
             self._models.setdefault(source.name, {})[version] = model
+            self.router.configure(source.name, source.config)
             self._index[(source.name, version)] = ModelIndexEntry(source.name, version, "READY")
             log.info(
                 "model ready",
@@ -118,6 +124,47 @@ class Runtime:
                     "load_s": round(time.monotonic() - started, 3),
                 },
             )
+
+    def _check_backups(self, sources) -> None:
+        """Refuse (mark UNAVAILABLE) a model whose backup chain is broken: an unknown
+        backup, a cycle, or a backup whose inputs/outputs differ from the model's."""
+        for name in sorted(self._models):
+            source = sources[name]
+            backup = source.config.backup
+            if not backup:
+                continue
+            problem = None
+            seen = [name]
+            link = backup
+            while link and problem is None:
+                if link in seen:
+                    problem = "backup chain has a cycle: " + " -> ".join([*seen, link])
+                elif link not in sources:
+                    problem = f"backup '{link}' is not a model in the repository"
+                else:
+                    seen.append(link)
+                    link = sources[link].config.backup if sources[link].config else None
+            if problem is None and backup in self._models:
+                problem = _signature_mismatch(self._latest(name), self._latest(backup))
+            if problem is not None:
+                reason = f"{source.directory / 'config.yaml'}: backup: {problem}"
+                log.error("backup refused", extra={"model": name, "reason": reason})
+                for version, model in self._models.pop(name).items():
+                    model.close()
+                    self._index[(name, version)] = ModelIndexEntry(
+                        name, version, "UNAVAILABLE", reason
+                    )
+
+    def _latest(self, name: str) -> ServableModel:
+        versions = self._models[name]
+        return versions[max(versions, key=int)]
+
+    def _circuit_changed(self, model: str, previous: str, state: str, why: str) -> None:
+        self.metrics.circuit_changed(model, state)
+
+    def failover_report(self) -> dict:
+        """Circuit states, backup chains and failover counts."""
+        return self.router.report()
 
     # ----------------------------------------------------------------- lookup
 
@@ -172,8 +219,20 @@ class Runtime:
 
     # ----------------------------------------------------------------- inference
 
+    def require_known(self, name: str) -> None:
+        """NotFoundError (or InvalidArgumentError for a malformed name) unless the
+        repository has a model of this name, loaded or not."""
+        validate_model_name(name)
+        if not any(n == name for n, _ in self._index):
+            known = ", ".join(self.model_names()) or "none"
+            raise NotFoundError(f"model '{name}' not found (models: {known})")
+
     @staticmethod
-    def _deadline_ns(timeout: float | None) -> int | None:
+    def _deadline_ns(timeout: float | None, deadline_ns: int | None = None) -> int | None:
+        if deadline_ns is not None:
+            if timeout is not None:
+                raise ValueError("give timeout or deadline_ns, not both")
+            return int(deadline_ns) or None
         if timeout is None:
             return None
         if not timeout > 0:
@@ -189,12 +248,26 @@ class Runtime:
         timeout: float | None = None,
         priority: int = 0,
         outputs: Sequence[str] | None = None,
+        deadline_ns: int | None = None,
     ) -> InferResult:
-        """Run one request; blocks this thread only. ``timeout`` in seconds."""
-        deadline = self._deadline_ns(timeout)
-        return self.get_model(model, version).infer(
-            inputs, deadline_ns=deadline, priority=priority, outputs=outputs
-        )
+        """Run one request; blocks this thread only.
+
+        ``timeout`` in seconds, or ``deadline_ns`` as absolute ``time.monotonic_ns()``;
+        ``priority`` as Triton reads it (0 = the model's default level, 1 = highest).
+        """
+        deadline = self._deadline_ns(timeout, deadline_ns)
+        route = self.router.route(model, version, deadline, priority, inputs)
+        while (step := route.next_model()) is not None:
+            target, ticket = step
+            try:
+                result = target.infer(
+                    inputs, deadline_ns=deadline, priority=priority, outputs=outputs
+                )
+            except BaseException as error:
+                route.failed(target, ticket, error)  # re-raises unless the next link should try
+                continue
+            return route.succeeded(target, ticket, result)
+        return route.exhausted(inputs)
 
     async def infer_async(
         self,
@@ -205,12 +278,22 @@ class Runtime:
         timeout: float | None = None,
         priority: int = 0,
         outputs: Sequence[str] | None = None,
+        deadline_ns: int | None = None,
     ) -> InferResult:
-        """Run one request from asyncio."""
-        deadline = self._deadline_ns(timeout)
-        return await self.get_model(model, version).infer_async(
-            inputs, deadline_ns=deadline, priority=priority, outputs=outputs
-        )
+        """Run one request from asyncio (same arguments as ``infer``)."""
+        deadline = self._deadline_ns(timeout, deadline_ns)
+        route = self.router.route(model, version, deadline, priority, inputs)
+        while (step := route.next_model()) is not None:
+            target, ticket = step
+            try:
+                result = await target.infer_async(
+                    inputs, deadline_ns=deadline, priority=priority, outputs=outputs
+                )
+            except BaseException as error:
+                route.failed(target, ticket, error)  # re-raises unless the next link should try
+                continue
+            return route.succeeded(target, ticket, result)
+        return route.exhausted(inputs)
 
     # ----------------------------------------------------------------- fault injection
 
@@ -254,3 +337,25 @@ class Runtime:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _signature_mismatch(model: ServableModel, backup: ServableModel) -> str | None:
+    """Why ``backup`` cannot answer for ``model`` (None when it can)."""
+    def describe(specs):
+        return {s.name: (s.datatype, s.shape) for s in specs}
+
+    if describe(model.inputs) != describe(backup.inputs):
+        return (
+            f"backup '{backup.name}' has inputs {describe(backup.inputs)}, but '{model.name}' "
+            f"has {describe(model.inputs)}"
+        )
+    missing = set(describe(model.outputs)) - set(describe(backup.outputs))
+    if missing:
+        return f"backup '{backup.name}' lacks outputs {sorted(missing)} of '{model.name}'"
+    for name, spec in describe(model.outputs).items():
+        if describe(backup.outputs)[name][0] != spec[0]:
+            return (
+                f"backup '{backup.name}' output '{name}' is {describe(backup.outputs)[name][0]}, "
+                f"'{model.name}' gives {spec[0]}"
+            )
+    return None

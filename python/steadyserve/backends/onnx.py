@@ -143,18 +143,29 @@ class OnnxBackend:
         return self._session
 
     def run(
-        self, inputs: dict[str, np.ndarray], output_names: list[str] | None = None
+        self,
+        inputs: dict[str, np.ndarray],
+        output_names: list[str] | None = None,
+        run_options: Any = None,
     ) -> dict[str, np.ndarray]:
-        """Run the session on already checked inputs; the GIL is released while ORT computes."""
+        """Run the session on already checked inputs; the GIL is released while ORT computes.
+
+        ``run_options`` (from ``new_run_options``) lets another thread stop this run by
+        setting its ``terminate`` flag (the execution timeout does).
+        """
         session = self._session  # a local reference keeps a concurrent close() harmless
         if session is None:
             raise UnavailableError(f"model {self.path} is closed")
         names = list(output_names) if output_names is not None else [o.name for o in self.outputs]
         try:
-            values = session.run(names, inputs)
+            values = session.run(names, inputs, run_options)
         except Exception as exc:
             raise InternalError(f"ONNX Runtime failed running {self.path}: {exc}") from None
         return dict(zip(names, values, strict=True))
+
+    def new_run_options(self) -> Any:
+        """A fresh ``onnxruntime.RunOptions`` for one ``run``."""
+        return _import_ort().RunOptions()
 
     def zero_inputs(self, batch_size: int | None) -> dict[str, np.ndarray]:
         """Zero-filled inputs: the first dim set to ``batch_size`` (unless None), other

@@ -77,6 +77,30 @@ class Metrics:
             registry=r,
         )
 
+        self.circuit_state = Gauge(
+            "steadyserve_circuit_state",
+            "Circuit breaker of a model: 0 closed, 1 half-open, 2 open.",
+            ["model"],
+            registry=r,
+        )
+        self.circuit_transitions = Counter(
+            "steadyserve_circuit_transitions",
+            "Circuit breaker state changes, by the state entered.",
+            ["model", "state"],
+            registry=r,
+        )
+
+        self.failovers = Counter(
+            "steadyserve_failovers",
+            "Requests answered by a backup (or the default output) instead of the model asked.",
+            ["model", "answered_by"],
+            registry=r,
+        )
+
+    def circuit_changed(self, model: str, state: str) -> None:
+        self.circuit_state.labels(model).set({"closed": 0, "half_open": 1, "open": 2}[state])
+        self.circuit_transitions.labels(model, state).inc()
+
     def for_model(self, name: str, version: str) -> ModelMetrics:
         return ModelMetrics(self, name, version)
 

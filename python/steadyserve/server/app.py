@@ -97,6 +97,8 @@ class Server:
         app.router.add_get("/v2/health/ready", self._http_ready)
         app.router.add_get("/v2/models/{name}/ready", self._http_model_ready)
         app.router.add_get("/v2/models/{name}/versions/{version}/ready", self._http_model_ready)
+        app.router.add_get("/v2/models/{name}/drift", self._http_model_drift)
+        app.router.add_get("/v2/models/{name}/versions/{version}/drift", self._http_model_drift)
         app.router.add_get("/metrics", self._http_metrics)
         runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()
@@ -165,6 +167,20 @@ class Server:
             return web.json_response({"ready": False, "error": str(exc)}, status=400)
         ready = not self._stopping and bool(model.ready)
         return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+    async def _http_model_drift(self, request: web.Request) -> web.Response:
+        """The model version's live drift and data-quality report (ServableModel.drift_report)."""
+        try:
+            model = self.runtime.get_model(
+                request.match_info["name"], request.match_info.get("version")
+            )
+        except NotFoundError as exc:
+            return web.json_response({"error": str(exc)}, status=404)
+        except UnavailableError as exc:
+            return web.json_response({"error": str(exc)}, status=503)
+        except SteadyServeError as exc:  # e.g. a malformed name
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response(model.drift_report())
 
     async def _http_metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self.runtime.metrics.registry)

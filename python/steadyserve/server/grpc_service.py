@@ -163,12 +163,16 @@ class InferenceServicer:
     # -- inference -----------------------------------------------------------------------
 
     async def ModelInfer(self, request, context):
-        model = self._runtime.get_model(request.model_name, request.model_version or None)
+        # NOT_FOUND for an unknown model before decoding anything; the runtime then
+        # routes the request (failover to a backup when the model cannot answer).
+        self._runtime.require_known(request.model_name)
         decoded = codec.decode_request(request)
         deadline_ns = request_deadline_ns(request, context)
         priority = request_priority(request)
-        result = await model.infer_async(
+        result = await self._runtime.infer_async(
+            request.model_name,
             decoded.inputs,
+            version=request.model_version or None,
             deadline_ns=deadline_ns,
             priority=priority,
             outputs=decoded.requested_outputs,

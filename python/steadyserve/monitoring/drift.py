@@ -1,0 +1,152 @@
+"""Drift and data-quality gauges for Prometheus, read from the models at scrape time.
+
+Nothing is computed per request here: the native feature transforms count every row
+into their sliding windows, and this collector turns each model's ``drift_report()``
+into gauges when /metrics is scraped (a snapshot is O(features x bins x sub-windows)).
+
+Gauges (labels ``model``, ``version``, ``tensor`` = the input or output name, and
+``feature`` = the feature's name, else its index):
+
+- ``steadyserve_feature_psi``: Population Stability Index of the live window against
+  the reference in the stats file. Only exported once the window holds ``drift.min_rows``
+  rows: a PSI from a handful of rows is noise, and an alert on it would be too.
+- ``steadyserve_feature_missing_ratio``: share of the window's rows whose value was NaN
+  or +-inf (imputed, or counted only for outputs).
+- ``steadyserve_feature_out_of_range_ratio``: share of rows outside the contract's
+  [min, max] (clipped or allowed; for outputs: outside the reference's [min, max]).
+- ``steadyserve_drift_window_rows{model,version,tensor}``: rows in the live window.
+- ``steadyserve_drift_worst_psi{model,version,tensor}``: the largest feature PSI of the
+  tensor (exported with the PSI gauges, from ``drift.min_rows`` rows on).
+
+Example Prometheus alert rules (PSI above 0.2, the usual "significant shift" mark,
+sustained for 10 minutes; the second fires on data-quality trouble)::
+
+    groups:
+      - name: steadyserve-drift
+        rules:
+          - alert: SteadyServeFeatureDrift
+            expr: steadyserve_feature_psi > 0.2
+            for: 10m
+            labels:
+              severity: warning
+            annotations:
+              summary: "Drift on {{ $labels.model }} v{{ $labels.version }} {{ $labels.tensor }}/{{ $labels.feature }}"
+              description: >-
+                PSI {{ $value | printf "%.2f" }} > 0.2 for 10 minutes against the
+                reference in stats.json. Details: steadyserve drift --url HOST:HTTP_PORT {{ $labels.model }}
+          - alert: SteadyServeMissingValues
+            expr: steadyserve_feature_missing_ratio > 0.05 and on(model, version, tensor) steadyserve_drift_window_rows >= 200
+            for: 10m
+            labels:
+              severity: warning
+            annotations:
+              summary: "{{ $labels.model }} {{ $labels.tensor }}/{{ $labels.feature }}: {{ $value | humanizePercentage }} missing"
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+log = logging.getLogger("steadyserve.monitoring.drift")
+
+TENSOR_LABELS = ["model", "version", "tensor"]
+FEATURE_LABELS = [*TENSOR_LABELS, "feature"]
+
+
+class DriftCollector:
+    """A custom collector over the runtimes registered with it (held weakly: a closed
+    and dropped Runtime simply disappears from the metrics)."""
+
+    def __init__(self) -> None:
+        self._runtimes: list[weakref.ref] = []
+
+    def add(self, runtime) -> None:
+        self._runtimes = [r for r in self._runtimes if r() is not None and r() is not runtime]
+        self._runtimes.append(weakref.ref(runtime))
+
+    def describe(self) -> list[Metric]:
+        # Nothing to declare up front: the families depend on the models loaded. (Without
+        # this, registering would call collect() once to learn the names.)
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        psi = GaugeMetricFamily(
+            "steadyserve_feature_psi",
+            "Population Stability Index of a feature's live window against its reference "
+            "(exported from drift.min_rows rows on).",
+            labels=FEATURE_LABELS,
+        )
+        missing = GaugeMetricFamily(
+            "steadyserve_feature_missing_ratio",
+            "Share of the live window's rows whose value was NaN or +-inf.",
+            labels=FEATURE_LABELS,
+        )
+        out_of_range = GaugeMetricFamily(
+            "steadyserve_feature_out_of_range_ratio",
+            "Share of the live window's rows outside the valid range (contract min/max; "
+            "for outputs the reference min/max).",
+            labels=FEATURE_LABELS,
+        )
+        rows = GaugeMetricFamily(
+            "steadyserve_drift_window_rows",
+            "Rows in the live drift window of a tensor.",
+            labels=TENSOR_LABELS,
+        )
+        worst = GaugeMetricFamily(
+            "steadyserve_drift_worst_psi",
+            "The largest feature PSI of a tensor (exported from drift.min_rows rows on).",
+            labels=TENSOR_LABELS,
+        )
+        for runtime_ref in list(self._runtimes):
+            runtime = runtime_ref()
+            if runtime is None:
+                continue
+            for model in runtime.models():
+                try:
+                    report = model.drift_report()
+                except Exception:  # one model's trouble must not take /metrics down
+                    log.exception("drift report failed", extra={"model": model.name})
+                    continue
+                for section in ("inputs", "outputs"):
+                    for tensor, entry in report.get(section, {}).items():
+                        labels = [report["model"], str(report["version"]), tensor]
+                        rows.add_metric(labels, entry["rows"])
+                        if not entry["rows"]:
+                            continue
+                        for feature in entry["features"]:
+                            flabels = [*labels, feature["feature"]]
+                            missing.add_metric(flabels, feature["missing_rate"])
+                            out_of_range.add_metric(flabels, feature["out_of_range_rate"])
+                            if entry["enough_rows"] and feature["psi"] is not None:
+                                psi.add_metric(flabels, feature["psi"])
+                        if entry["enough_rows"] and entry["worst"] is not None:
+                            worst.add_metric(labels, entry["worst"]["psi"])
+        yield from (psi, worst, missing, out_of_range, rows)
+
+
+_COLLECTORS: weakref.WeakKeyDictionary[CollectorRegistry, DriftCollector] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def register_drift_collector(runtime) -> DriftCollector:
+    """Export the drift gauges of ``runtime``'s models in ``runtime.metrics.registry``.
+
+    One collector per registry: runtimes sharing a registry share it.
+    """
+    registry = runtime.metrics.registry
+    collector = _COLLECTORS.get(registry)
+    if collector is None:
+        collector = DriftCollector()
+        registry.register(collector)
+        _COLLECTORS[registry] = collector
+    collector.add(runtime)
+    return collector
+
+
+__all__ = ["DriftCollector", "register_drift_collector"]
