@@ -9,9 +9,9 @@
 
 #include <algorithm>
 #include <cmath>
-#include <tuple>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "steadyserve/batcher.h"
@@ -61,18 +61,16 @@ int64_t TimeoutNs(py::object timeout_s) {
 // unnecessary: next_batch builds the Python result from a stack Batch.
 class PyBatcher {
  public:
-  explicit PyBatcher(const BatcherOptions& options) {
-    RaiseIfError(Batcher::Create(options, &batcher_));
-  }
+  explicit PyBatcher(const BatcherOptions& options) { RaiseIfError(Batcher::Create(options, &batcher_)); }
 
   py::tuple Submit(uint64_t token, const py::sequence& arrays, uint32_t rows, int64_t deadline_ns,
-                  uint32_t priority) {
+                   uint32_t priority) {
     const auto& inputs = batcher_->options().inputs;
     const size_t n = py::len(arrays);
     if (n != inputs.size()) {
-      RaiseIfError(Status(StatusCode::kInvalidArgument,
-                          "model '" + batcher_->options().model + "': expected " +
-                              std::to_string(inputs.size()) + " inputs, got " + std::to_string(n)));
+      RaiseIfError(Status(StatusCode::kInvalidArgument, "model '" + batcher_->options().model +
+                                                            "': expected " + std::to_string(inputs.size()) +
+                                                            " inputs, got " + std::to_string(n)));
     }
     // Pointers stay valid while `arrays` (held by the caller) is alive; the core
     // copies them before Submit returns.
@@ -158,11 +156,13 @@ class PyBatcher {
       dt(k) = batch.dropped[k].token;
       dc(k) = static_cast<int32_t>(batch.dropped[k].code);
     }
-    return py::make_tuple(batch.buffer, batch.rows, tokens, offsets, counts, enqueue, inputs,
-                          dropped_tokens, dropped_codes, batch.stopped);
+    return py::make_tuple(batch.buffer, batch.rows, tokens, offsets, counts, enqueue, inputs, dropped_tokens,
+                          dropped_codes, batch.stopped);
   }
 
-  void Complete(uint32_t buffer, uint32_t rows, int64_t exec_ns) { batcher_->Complete(buffer, rows, exec_ns); }
+  void Complete(uint32_t buffer, uint32_t rows, int64_t exec_ns) {
+    batcher_->Complete(buffer, rows, exec_ns);
+  }
 
   void Stop() { batcher_->Stop(); }
 
@@ -201,7 +201,8 @@ class PyBatcher {
 };
 
 // A C-contiguous float32 matrix [rows, n_features] (or a 1-D row), checked with the GIL held.
-py::array_t<float, py::array::c_style> FeatureMatrix(const py::array& a, uint32_t n_features, const char* what) {
+py::array_t<float, py::array::c_style> FeatureMatrix(const py::array& a, uint32_t n_features,
+                                                     const char* what) {
   if (!py::isinstance<py::array_t<float>>(a) || !(a.flags() & py::array::c_style))
     throw py::type_error(std::string(what) + " must be a C-contiguous float32 array");
   auto m = py::array_t<float, py::array::c_style>::ensure(a);
@@ -214,9 +215,9 @@ py::array_t<float, py::array::c_style> FeatureMatrix(const py::array& a, uint32_
 std::shared_ptr<FeatureTransform> MakeTransform(
     const std::string& model, const std::string& input, const std::vector<std::string>& names,
     const std::vector<float>& lo, const std::vector<float>& hi, const std::vector<uint8_t>& range_policy,
-    const std::vector<uint8_t>& missing_policy, const std::vector<float>& impute, const std::vector<float>& offset,
-    const std::vector<float>& scale, uint32_t bins, const std::vector<float>& edges, uint32_t sub_windows,
-    uint64_t sub_window_rows, double sub_window_s) {
+    const std::vector<uint8_t>& missing_policy, const std::vector<float>& impute,
+    const std::vector<float>& offset, const std::vector<float>& scale, uint32_t bins,
+    const std::vector<float>& edges, uint32_t sub_windows, uint64_t sub_window_rows, double sub_window_s) {
   FeatureTransformOptions o;
   o.model = model;
   o.input = input;
@@ -291,15 +292,17 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<FeatureTransform, std::shared_ptr<FeatureTransform>>(m, "FeatureTransform")
       .def(py::init(&MakeTransform), py::arg("model"), py::arg("input"), py::arg("names"), py::arg("lo"),
-           py::arg("hi"), py::arg("range_policy"), py::arg("missing_policy"), py::arg("impute"), py::arg("offset"),
-           py::arg("scale"), py::arg("bins") = 0, py::arg("edges") = std::vector<float>{},
+           py::arg("hi"), py::arg("range_policy"), py::arg("missing_policy"), py::arg("impute"),
+           py::arg("offset"), py::arg("scale"), py::arg("bins") = 0, py::arg("edges") = std::vector<float>{},
            py::arg("sub_windows") = 10, py::arg("sub_window_rows") = 1000, py::arg("sub_window_s") = 0.0,
-           "Per-feature policies: range_policy 0 none / 1 reject / 2 clip; missing_policy 0 reject / 1 impute.")
+           "Per-feature policies: range_policy 0 none / 1 reject / 2 clip; missing_policy 0 reject / 1 "
+           "impute.")
       .def(
           "apply",
           [](FeatureTransform& t, const py::array& x) {
             auto in = FeatureMatrix(x, t.options().n_features, "x");
-            py::array_t<float, py::array::c_style> out(std::vector<py::ssize_t>(in.shape(), in.shape() + in.ndim()));
+            py::array_t<float, py::array::c_style> out(
+                std::vector<py::ssize_t>(in.shape(), in.shape() + in.ndim()));
             const uint64_t rows = in.ndim() == 1 ? 1 : static_cast<uint64_t>(in.shape(0));
             Status s;
             {
@@ -342,11 +345,14 @@ PYBIND11_MODULE(_core, m) {
            py::arg("admission_control") = false, py::arg("level_max_queue") = std::vector<uint32_t>{})
       .def("submit", &PyBatcher::Submit, py::arg("token"), py::arg("arrays"), py::arg("rows"),
            py::arg("deadline_ns") = 0, py::arg("priority") = 0,
-           "Queue a request; returns (handle for cancel(), evicted token or 0). Raises steadyserve.errors on refusal.")
+           "Queue a request; returns (handle for cancel(), evicted token or 0). Raises steadyserve.errors on "
+           "refusal.")
       .def("cancel", &PyBatcher::Cancel, py::arg("handle"), py::call_guard<py::gil_scoped_release>())
       .def(
           "next_batch",
-          [](py::object self, py::object timeout) { return self.cast<PyBatcher&>().NextBatch(self, timeout); },
+          [](py::object self, py::object timeout) {
+            return self.cast<PyBatcher&>().NextBatch(self, timeout);
+          },
           py::arg("timeout") = py::none())
       .def("complete", &PyBatcher::Complete, py::arg("buffer"), py::arg("rows"), py::arg("exec_ns"),
            py::call_guard<py::gil_scoped_release>())
@@ -355,7 +361,8 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("queued_requests", &PyBatcher::QueuedRequests)
       .def("estimate_ns", &PyBatcher::EstimateNs, py::arg("rows"))
       .def("record_latency", &PyBatcher::RecordLatency, py::arg("rows"), py::arg("exec_ns"))
-      .def("estimate_completion_ns", &PyBatcher::EstimateCompletionNs, py::arg("rows"), py::arg("priority") = 0,
+      .def("estimate_completion_ns", &PyBatcher::EstimateCompletionNs, py::arg("rows"),
+           py::arg("priority") = 0,
            "Absolute monotonic ns when a request submitted now would finish; 0 without measurements.")
       .def_property_readonly("batch_cap", &PyBatcher::BatchCap)
       .def_property_readonly("max_batch_size", [](const PyBatcher& b) { return b.options().max_batch_size; });

@@ -26,21 +26,20 @@ Status Batcher::Create(const BatcherOptions& o, std::unique_ptr<Batcher>* out) {
   if (o.inputs.empty()) return Status(StatusCode::kInvalidArgument, where + "no inputs");
   for (const auto& in : o.inputs) {
     if (in.row_bytes == 0)
-      return Status(StatusCode::kInvalidArgument,
-                    where + "input '" + in.name + "' has 0 bytes per row");
+      return Status(StatusCode::kInvalidArgument, where + "input '" + in.name + "' has 0 bytes per row");
     if (in.transform && in.transform->options().n_features * sizeof(float) != in.row_bytes)
-      return Status(StatusCode::kInvalidArgument,
-                    where + "input '" + in.name + "': feature transform for " +
-                        std::to_string(in.transform->options().n_features) + " float32 features, but a row has " +
-                        std::to_string(in.row_bytes) + " bytes");
+      return Status(StatusCode::kInvalidArgument, where + "input '" + in.name + "': feature transform for " +
+                                                      std::to_string(in.transform->options().n_features) +
+                                                      " float32 features, but a row has " +
+                                                      std::to_string(in.row_bytes) + " bytes");
   }
   if (o.max_batch_size < 1)
     return Status(StatusCode::kInvalidArgument, where + "max_batch_size must be >= 1");
   for (uint32_t p : o.preferred_batch_sizes) {
     if (p < 1 || p > o.max_batch_size)
-      return Status(StatusCode::kInvalidArgument,
-                    where + "preferred batch size " + std::to_string(p) + " is outside [1, " +
-                        std::to_string(o.max_batch_size) + "]");
+      return Status(StatusCode::kInvalidArgument, where + "preferred batch size " + std::to_string(p) +
+                                                      " is outside [1, " + std::to_string(o.max_batch_size) +
+                                                      "]");
   }
   if (o.max_queue_delay_ns < 0)
     return Status(StatusCode::kInvalidArgument, where + "max_queue_delay must be >= 0");
@@ -52,10 +51,8 @@ Status Batcher::Create(const BatcherOptions& o, std::unique_ptr<Batcher>* out) {
     return Status(StatusCode::kInvalidArgument, where + "level_max_queue needs one entry per priority level");
   if (o.executors < 1 || o.executors > 64)
     return Status(StatusCode::kInvalidArgument, where + "executors must be in [1, 64]");
-  if (o.slack_margin_ns < 0)
-    return Status(StatusCode::kInvalidArgument, where + "slack margin must be >= 0");
-  if (o.slo_latency_ns < 0)
-    return Status(StatusCode::kInvalidArgument, where + "SLO latency must be >= 0");
+  if (o.slack_margin_ns < 0) return Status(StatusCode::kInvalidArgument, where + "slack margin must be >= 0");
+  if (o.slo_latency_ns < 0) return Status(StatusCode::kInvalidArgument, where + "SLO latency must be >= 0");
   out->reset(new Batcher(o));
   return Status::Ok();
 }
@@ -92,17 +89,17 @@ Status Batcher::Submit(uint64_t token, const uint8_t* const* inputs, size_t n_in
   *result = SubmitResult();
   const auto& o = options_;
   if (n_inputs != o.inputs.size())
-    return Status(StatusCode::kInvalidArgument,
-                  ModelPrefix(o.model) + "expected " + std::to_string(o.inputs.size()) +
-                      " inputs, got " + std::to_string(n_inputs));
+    return Status(StatusCode::kInvalidArgument, ModelPrefix(o.model) + "expected " +
+                                                    std::to_string(o.inputs.size()) + " inputs, got " +
+                                                    std::to_string(n_inputs));
   if (rows < 1 || rows > o.max_batch_size)
-    return Status(StatusCode::kInvalidArgument,
-                  ModelPrefix(o.model) + "batch of " + std::to_string(rows) +
-                      " rows is outside [1, max_batch_size " + std::to_string(o.max_batch_size) + "]");
+    return Status(StatusCode::kInvalidArgument, ModelPrefix(o.model) + "batch of " + std::to_string(rows) +
+                                                    " rows is outside [1, max_batch_size " +
+                                                    std::to_string(o.max_batch_size) + "]");
   if (priority >= o.priority_levels)
-    return Status(StatusCode::kInvalidArgument,
-                  ModelPrefix(o.model) + "priority level " + std::to_string(priority) +
-                      " is outside [0, " + std::to_string(o.priority_levels - 1) + "]");
+    return Status(StatusCode::kInvalidArgument, ModelPrefix(o.model) + "priority level " +
+                                                    std::to_string(priority) + " is outside [0, " +
+                                                    std::to_string(o.priority_levels - 1) + "]");
 
   uint32_t index;
   {
@@ -234,7 +231,7 @@ void Batcher::PruneHeadsLocked(int64_t now, Batch* batch) {
         --queued_requests_;
         queued_rows_ -= slot.rows;
         level_rows_[slot.priority] -= slot.rows;
-  --level_requests_[slot.priority];
+        --level_requests_[slot.priority];
         ++stats_.expired;
         batch->dropped.push_back({slot.token, StatusCode::kDeadlineExceeded});
         FreeSlotLocked(index);
@@ -266,7 +263,8 @@ int64_t Batcher::EstimateCompletionLocked(int64_t now, uint32_t rows, uint32_t p
   // in batches of `cap` rows; plus what is left of the batches executing now.
   const uint64_t total = static_cast<uint64_t>(AheadRowsLocked(priority)) + rows;
   const uint64_t full = total / cap, rest = total % cap;
-  int64_t work = static_cast<int64_t>(full) * full_ns + (rest ? latency_.EstimateNs(static_cast<uint32_t>(rest)) : 0);
+  int64_t work =
+      static_cast<int64_t>(full) * full_ns + (rest ? latency_.EstimateNs(static_cast<uint32_t>(rest)) : 0);
   for (size_t b = 0; b < inflight_start_ns_.size(); ++b) {
     if (inflight_start_ns_[b] == 0) continue;
     work += std::max<int64_t>(0, inflight_start_ns_[b] + latency_.EstimateNs(inflight_rows_[b]) - now);
@@ -346,8 +344,10 @@ Status Batcher::NextBatch(int64_t timeout_ns, Batch* batch) {
         return Status::Ok();
       }
       if (now >= give_up) return Status::Ok();
-      if (give_up == kNoTime) cv_.wait(lock);
-      else cv_.wait_until(lock, std::chrono::steady_clock::time_point(std::chrono::nanoseconds(give_up)));
+      if (give_up == kNoTime)
+        cv_.wait(lock);
+      else
+        cv_.wait_until(lock, std::chrono::steady_clock::time_point(std::chrono::nanoseconds(give_up)));
       continue;
     }
 
@@ -373,8 +373,10 @@ Status Batcher::NextBatch(int64_t timeout_ns, Batch* batch) {
       if (now >= give_up) return Status::Ok();
       int64_t wake = std::min({window_close, slack_close, earliest_deadline, give_up});
       if (free_buffers_.empty()) wake = give_up;  // Complete() notifies
-      if (wake == kNoTime) cv_.wait(lock);
-      else cv_.wait_until(lock, std::chrono::steady_clock::time_point(std::chrono::nanoseconds(wake)));
+      if (wake == kNoTime)
+        cv_.wait(lock);
+      else
+        cv_.wait_until(lock, std::chrono::steady_clock::time_point(std::chrono::nanoseconds(wake)));
       continue;
     }
 
@@ -396,7 +398,7 @@ Status Batcher::NextBatch(int64_t timeout_ns, Batch* batch) {
           --queued_requests_;
           queued_rows_ -= slot.rows;
           level_rows_[slot.priority] -= slot.rows;
-  --level_requests_[slot.priority];
+          --level_requests_[slot.priority];
           ++stats_.expired;
           batch->dropped.push_back({slot.token, StatusCode::kDeadlineExceeded});
           FreeSlotLocked(index);
@@ -411,7 +413,7 @@ Status Batcher::NextBatch(int64_t timeout_ns, Batch* batch) {
         --queued_requests_;
         queued_rows_ -= slot.rows;
         level_rows_[slot.priority] -= slot.rows;
-  --level_requests_[slot.priority];
+        --level_requests_[slot.priority];
         batch->items.push_back({slot.token, rows, slot.rows, slot.enqueue_ns});
         rows += slot.rows;
         batch->slots.push_back(index);

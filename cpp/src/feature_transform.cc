@@ -30,11 +30,11 @@ Status FeatureTransform::Create(const FeatureTransformOptions& o, std::unique_pt
   auto sized = [n](const auto& v) { return v.size() == n; };
   if (!sized(o.lo) || !sized(o.hi) || !sized(o.range_policy) || !sized(o.missing_policy) ||
       !sized(o.impute) || !sized(o.offset) || !sized(o.scale))
-    return Status(StatusCode::kInvalidArgument, where + "every per-feature parameter needs " +
-                                                    std::to_string(n) + " values");
-  if (!o.names.empty() && o.names.size() != n)
     return Status(StatusCode::kInvalidArgument,
-                  where + std::to_string(o.names.size()) + " feature names for " + std::to_string(n) + " features");
+                  where + "every per-feature parameter needs " + std::to_string(n) + " values");
+  if (!o.names.empty() && o.names.size() != n)
+    return Status(StatusCode::kInvalidArgument, where + std::to_string(o.names.size()) +
+                                                    " feature names for " + std::to_string(n) + " features");
   for (size_t f = 0; f < n; ++f) {
     if (o.lo[f] > o.hi[f] || std::isnan(o.lo[f]) || std::isnan(o.hi[f]))
       return Status(StatusCode::kInvalidArgument, where + "feature " + std::to_string(f) + ": range [" +
@@ -44,8 +44,8 @@ Status FeatureTransform::Create(const FeatureTransformOptions& o, std::unique_pt
       return Status(StatusCode::kInvalidArgument, where + "unknown policy for feature " + std::to_string(f));
     if (!std::isfinite(o.offset[f]) || !std::isfinite(o.scale[f]) ||
         (o.missing_policy[f] == static_cast<uint8_t>(MissingPolicy::kImpute) && !std::isfinite(o.impute[f])))
-      return Status(StatusCode::kInvalidArgument,
-                    where + "feature " + std::to_string(f) + ": scaling and imputation values must be finite");
+      return Status(StatusCode::kInvalidArgument, where + "feature " + std::to_string(f) +
+                                                      ": scaling and imputation values must be finite");
   }
   if (o.bins == 1 || o.bins > 1024)
     return Status(StatusCode::kInvalidArgument, where + "drift bins must be 0 (off) or 2..1024");
@@ -57,12 +57,14 @@ Status FeatureTransform::Create(const FeatureTransformOptions& o, std::unique_pt
       const float* e = o.edges.data() + f * (o.bins - 1);
       for (uint32_t k = 0; k + 1 < o.bins; ++k) {
         if (!std::isfinite(e[k]) || (k > 0 && e[k] < e[k - 1]))
-          return Status(StatusCode::kInvalidArgument,
-                        where + "bin edges of feature " + std::to_string(f) + " must be finite and ascending");
+          return Status(StatusCode::kInvalidArgument, where + "bin edges of feature " + std::to_string(f) +
+                                                          " must be finite and ascending");
       }
     }
-    if (o.sub_windows < 1 || o.sub_windows > 1000 || (o.sub_window_ns <= 0 && (o.sub_window_rows < 1 || o.sub_window_rows > (1ull << 31))))
-      return Status(StatusCode::kInvalidArgument, where + "drift window needs 1..1000 sub_windows and 1..2^31 rows (or a duration) each");
+    if (o.sub_windows < 1 || o.sub_windows > 1000 ||
+        (o.sub_window_ns <= 0 && (o.sub_window_rows < 1 || o.sub_window_rows > (1ull << 31))))
+      return Status(StatusCode::kInvalidArgument,
+                    where + "drift window needs 1..1000 sub_windows and 1..2^31 rows (or a duration) each");
   }
   out->reset(new FeatureTransform(o));
   return Status::Ok();
@@ -95,7 +97,8 @@ FeatureTransform::FeatureTransform(const FeatureTransformOptions& o) : options_(
       for (uint32_t k = 0; k + 1 < o.bins; ++k) edges_by_edge_[k * n + f] = o.edges[f * (o.bins - 1) + k];
   }
   const uint32_t subs = std::max<uint32_t>(1, o.sub_windows);
-  counts_.assign(subs, std::vector<uint32_t>(static_cast<size_t>(n) * (std::max<uint32_t>(o.bins, 1) + 1), 0));
+  counts_.assign(subs,
+                 std::vector<uint32_t>(static_cast<size_t>(n) * (std::max<uint32_t>(o.bins, 1) + 1), 0));
   missing_.assign(subs, std::vector<uint32_t>(o.n_features, 0));
   out_of_range_.assign(subs, std::vector<uint32_t>(o.n_features, 0));
   rows_.assign(subs, 0);
@@ -108,9 +111,9 @@ std::string FeatureTransform::FeatureName(uint32_t f) const {
 }
 
 Status FeatureTransform::Reject(uint64_t row, uint32_t f, float value, const char* rule) const {
-  return Status(StatusCode::kInvalidArgument, "model '" + options_.model + "': input '" + options_.input +
-                                                  "' row " + std::to_string(row) + ", feature " + FeatureName(f) +
-                                                  ": value " + FormatValue(value) + " " + rule);
+  return Status(StatusCode::kInvalidArgument,
+                "model '" + options_.model + "': input '" + options_.input + "' row " + std::to_string(row) +
+                    ", feature " + FeatureName(f) + ": value " + FormatValue(value) + " " + rule);
 }
 
 void FeatureTransform::AdvanceLocked(int64_t now_ns) {
@@ -162,10 +165,10 @@ Status FeatureTransform::Apply(const float* src, float* dst, uint64_t rows) {
         if (!std::isfinite(v)) {
           if (reject_missing[f]) return Reject(r, f, v, "is not allowed (NaN/inf policy: reject)");
         } else if (reject_range[f] && (v < lo[f] || v > hi[f])) {
-          return Reject(r, f, v,
-                        ("is outside [" + FormatValue(lo[f]) + ", " + FormatValue(hi[f]) +
-                         "] (range policy: reject)")
-                            .c_str());
+          return Reject(
+              r, f, v,
+              ("is outside [" + FormatValue(lo[f]) + ", " + FormatValue(hi[f]) + "] (range policy: reject)")
+                  .c_str());
         }
       }
     }

@@ -41,9 +41,15 @@ int64_t LatencyModel::EstimateLocked(uint32_t rows) const {
   // Nearest measured sizes below and above.
   int below = -1, above = -1;
   for (int i = static_cast<int>(rows) - 2; i >= 0; --i)
-    if (buckets_[i].count > 0) { below = i; break; }
+    if (buckets_[i].count > 0) {
+      below = i;
+      break;
+    }
   for (uint32_t i = rows; i < max_batch_size_; ++i)
-    if (buckets_[i].count > 0) { above = static_cast<int>(i); break; }
+    if (buckets_[i].count > 0) {
+      above = static_cast<int>(i);
+      break;
+    }
   if (below < 0 && above < 0) return 0;
   if (below < 0) return buckets_[above].estimate_ns;  // smaller batches cost no more
   const double b_rows = below + 1, b_ns = static_cast<double>(buckets_[below].estimate_ns);

@@ -33,8 +33,8 @@ std::unique_ptr<Batcher> Make(const BatcherOptions& o) {
 }
 
 // Submits `rows` rows whose every feature equals token*100 + row.
-Status SubmitRows(Batcher& b, uint64_t token, uint32_t rows, int64_t deadline_ns = 0,
-                  uint32_t priority = 0, uint64_t* handle_out = nullptr) {
+Status SubmitRows(Batcher& b, uint64_t token, uint32_t rows, int64_t deadline_ns = 0, uint32_t priority = 0,
+                  uint64_t* handle_out = nullptr) {
   std::vector<float> data(rows * kFeatures);
   for (uint32_t r = 0; r < rows; ++r)
     for (int f = 0; f < kFeatures; ++f) data[r * kFeatures + f] = static_cast<float>(token * 100 + r);
@@ -113,18 +113,18 @@ TEST(MaxBatchSizeSplitsWithoutBreakingRequests) {
 }
 
 TEST(DelayWindowCollectsThenCloses) {
-  auto b = Make(Options(8, 30 * kMs));
+  // Timing bounds here are lower bounds, or upper bounds with a wide margin:
+  // the test must hold on a loaded machine.
+  auto b = Make(Options(8, 500 * kMs));
   CHECK(SubmitRows(*b, 1, 1).ok());
   Batch batch;
   // Well before the window closes: nothing yet.
   CHECK(b->NextBatch(1 * kMs, &batch).ok());
   CHECK_EQ(batch.rows, 0u);
   CHECK(SubmitRows(*b, 2, 1).ok());
-  const int64_t t0 = Batcher::NowNs();
   CHECK(b->NextBatch(-1, &batch).ok());
   CHECK_EQ(batch.rows, 2u);
-  CHECK(batch.formed_ns >= batch.items[0].enqueue_ns + 30 * kMs);
-  CHECK(Batcher::NowNs() - t0 < 5000 * kMs);
+  CHECK(batch.formed_ns >= batch.items[0].enqueue_ns + 500 * kMs);
   b->Complete(batch.buffer, batch.rows, 1);
 }
 
@@ -183,16 +183,16 @@ TEST(PastDeadlineRefusedAtSubmit) {
 }
 
 TEST(SlackClosesBatchEarly) {
-  auto b = Make(Options(8, 60 * 1000 * kMs));
-  b->latency_model().Record(1, 20 * kMs);  // a batch of 1 takes 20 ms
-  const int64_t deadline = Batcher::NowNs() + 50 * kMs;
+  auto b = Make(Options(8, 60 * 1000 * kMs));  // a minute-long window
+  b->latency_model().Record(1, 1000 * kMs);    // a batch of 1 takes 1 s
+  const int64_t deadline = Batcher::NowNs() + 2000 * kMs;
   CHECK(SubmitRows(*b, 1, 1, deadline).ok());
   Batch batch;
-  CHECK(b->NextBatch(5000 * kMs, &batch).ok());
+  CHECK(b->NextBatch(10000 * kMs, &batch).ok());
   CHECK_EQ(batch.rows, 1u);
-  // Closed when the slack ran out (deadline - 20 ms), not at the window or the deadline.
-  CHECK(batch.formed_ns < deadline - 20 * kMs + 10 * kMs);
-  CHECK(batch.formed_ns >= deadline - 20 * kMs);
+  // Closed when the slack ran out (deadline - 1 s), long before the window and the deadline.
+  CHECK(batch.formed_ns >= deadline - 1000 * kMs);
+  CHECK(batch.formed_ns < deadline);
   b->Complete(batch.buffer, batch.rows, 1);
 }
 
@@ -333,7 +333,7 @@ TEST(AdmissionRefusesWhatWouldBeLate) {
   CHECK(SubmitRows(*b, 10, 1, Batcher::NowNs() + 200 * kMs).ok());  // a loose deadline fits
   const int64_t estimate = b->EstimateCompletionNs(1, 0) - Batcher::NowNs();
   // 8 + 1 queued + 1 = 10 rows: two full batches (20 ms) + a batch of 2 (interpolated 6 ms).
-  CHECK(estimate > 25 * kMs && estimate < 27 * kMs);
+  CHECK(estimate > 16 * kMs && estimate <= 26 * kMs);  // 26 ms, less any time spent since
 }
 
 TEST(HigherLevelEvictsLowerWhenFull) {

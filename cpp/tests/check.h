@@ -40,9 +40,9 @@ inline int RunAll() {
 
 #define SS_CONCAT2(a, b) a##b
 #define SS_CONCAT(a, b) SS_CONCAT2(a, b)
-#define TEST(name)                                                                  \
-  static void name();                                                               \
-  static steadyserve_test::Register SS_CONCAT(register_, name)(#name, name);        \
+#define TEST(name)                                                           \
+  static void name();                                                        \
+  static steadyserve_test::Register SS_CONCAT(register_, name)(#name, name); \
   static void name()
 
 // A failed check ends the process at once: later checks would only cascade.
@@ -54,25 +54,24 @@ inline int RunAll() {
     }                                                                               \
   } while (0)
 
-#define CHECK_EQ(a, b)                                                              \
-  do {                                                                              \
-    const auto va = (a);                                                            \
-    const auto vb = (b);                                                            \
-    if (!(va == vb)) {                                                              \
-      std::fprintf(stderr, "%s:%d: CHECK_EQ failed: %s == %s (%s vs %s)\n", __FILE__, \
-                   __LINE__, #a, #b, std::to_string(va).c_str(), std::to_string(vb).c_str()); \
-      std::exit(1);                                                                 \
-    }                                                                               \
+#define CHECK_EQ(a, b)                                                                                  \
+  do {                                                                                                  \
+    const auto va = (a);                                                                                \
+    const auto vb = (b);                                                                                \
+    if (!(va == vb)) {                                                                                  \
+      std::fprintf(stderr, "%s:%d: CHECK_EQ failed: %s == %s (%s vs %s)\n", __FILE__, __LINE__, #a, #b, \
+                   std::to_string(va).c_str(), std::to_string(vb).c_str());                             \
+      std::exit(1);                                                                                     \
+    }                                                                                                   \
   } while (0)
 
-#define CHECK_CONTAINS(haystack, needle)                                            \
-  do {                                                                              \
-    const std::string h = (haystack);                                               \
-    if (h.find(needle) == std::string::npos) {                                      \
-      std::fprintf(stderr, "%s:%d: '%s' does not contain '%s'\n", __FILE__, __LINE__, \
-                   h.c_str(), needle);                                              \
-      std::exit(1);                                                                 \
-    }                                                                               \
+#define CHECK_CONTAINS(haystack, needle)                                                                  \
+  do {                                                                                                    \
+    const std::string h = (haystack);                                                                     \
+    if (h.find(needle) == std::string::npos) {                                                            \
+      std::fprintf(stderr, "%s:%d: '%s' does not contain '%s'\n", __FILE__, __LINE__, h.c_str(), needle); \
+      std::exit(1);                                                                                       \
+    }                                                                                                     \
   } while (0)
 
 #define TEST_MAIN() \

@@ -22,12 +22,14 @@ FeatureTransformOptions TwoFeatures() {
   o.lo = {0.f, -kInf};
   o.hi = {100.f, kInf};
   o.range_policy = {static_cast<uint8_t>(RangePolicy::kReject), static_cast<uint8_t>(RangePolicy::kNone)};
-  o.missing_policy = {static_cast<uint8_t>(MissingPolicy::kReject), static_cast<uint8_t>(MissingPolicy::kImpute)};
+  o.missing_policy = {static_cast<uint8_t>(MissingPolicy::kReject),
+                      static_cast<uint8_t>(MissingPolicy::kImpute)};
   o.impute = {0.f, 50.f};
   o.offset = {10.f, 0.f};
   o.scale = {0.5f, 1.f};
   o.bins = 3;
-  o.edges = {10.f, 20.f, 0.f, 100.f};  // feature 0: (-inf,10) [10,20) [20,inf); feature 1: (-inf,0) [0,100) [100,inf)
+  o.edges = {10.f, 20.f, 0.f,
+             100.f};  // feature 0: (-inf,10) [10,20) [20,inf); feature 1: (-inf,0) [0,100) [100,inf)
   o.sub_windows = 2;
   o.sub_window_rows = 4;
   return o;
@@ -48,9 +50,9 @@ TEST(ScalesImputesAndCounts) {
   std::vector<float> x = {12.f, kNan, 30.f, 150.f};
   std::vector<float> y(4);
   CHECK(t->Apply(x.data(), y.data(), 2).ok());
-  CHECK_EQ(y[0], 1.f);    // (12 - 10) * 0.5
-  CHECK_EQ(y[1], 50.f);   // NaN imputed with 50
-  CHECK_EQ(y[2], 10.f);   // (30 - 10) * 0.5
+  CHECK_EQ(y[0], 1.f);   // (12 - 10) * 0.5
+  CHECK_EQ(y[1], 50.f);  // NaN imputed with 50
+  CHECK_EQ(y[2], 10.f);  // (30 - 10) * 0.5
   CHECK_EQ(y[3], 150.f);
   DriftSnapshot s = t->Snapshot();
   CHECK_EQ(s.rows, uint64_t{2});

@@ -31,9 +31,9 @@ TEST(InterpolatesAndExtrapolates) {
   LatencyModel m(64, 8, 1.0);
   m.Record(8, 800);
   m.Record(16, 1600);
-  CHECK_EQ(m.EstimateNs(12), 1200);  // linear between measured neighbours
-  CHECK_EQ(m.EstimateNs(4), 800);    // below the smallest measured: not cheaper than it
-  CHECK_EQ(m.EstimateNs(32), 3200);  // above the largest: proportional to rows
+  CHECK_EQ(m.EstimateNs(12), 1200);    // linear between measured neighbours
+  CHECK_EQ(m.EstimateNs(4), 800);      // below the smallest measured: not cheaper than it
+  CHECK_EQ(m.EstimateNs(32), 3200);    // above the largest: proportional to rows
   CHECK_EQ(m.EstimateNs(1000), 6400);  // clamped to max_batch_size
 }
 

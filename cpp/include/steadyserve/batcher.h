@@ -50,18 +50,18 @@ struct InputLayout {
 };
 
 struct BatcherOptions {
-  std::string model;                           // named in error messages
-  std::vector<InputLayout> inputs;             // at least one
-  uint32_t max_batch_size = 1;                 // rows per batch, >= 1
-  std::vector<uint32_t> preferred_batch_sizes; // each in [1, max_batch_size]
-  int64_t max_queue_delay_ns = 0;              // >= 0
-  uint32_t max_queue_size = 1024;              // queued requests, >= 1
-  uint32_t priority_levels = 1;                // level 0 is served first, >= 1
-  std::vector<uint32_t> level_max_queue;       // per level: queued requests allowed, 0 = no own cap
-  uint32_t executors = 1;                      // batch buffers = concurrent NextBatch callers
-  int64_t slack_margin_ns = 0;                 // added to execution estimates, >= 0
-  int64_t slo_latency_ns = 0;                  // > 0: cap batches so estimated execution + margin fits
-  bool admission_control = false;              // refuse at submit when the estimate misses the deadline
+  std::string model;                            // named in error messages
+  std::vector<InputLayout> inputs;              // at least one
+  uint32_t max_batch_size = 1;                  // rows per batch, >= 1
+  std::vector<uint32_t> preferred_batch_sizes;  // each in [1, max_batch_size]
+  int64_t max_queue_delay_ns = 0;               // >= 0
+  uint32_t max_queue_size = 1024;               // queued requests, >= 1
+  uint32_t priority_levels = 1;                 // level 0 is served first, >= 1
+  std::vector<uint32_t> level_max_queue;        // per level: queued requests allowed, 0 = no own cap
+  uint32_t executors = 1;                       // batch buffers = concurrent NextBatch callers
+  int64_t slack_margin_ns = 0;                  // added to execution estimates, >= 0
+  int64_t slo_latency_ns = 0;                   // > 0: cap batches so estimated execution + margin fits
+  bool admission_control = false;               // refuse at submit when the estimate misses the deadline
 };
 
 // What Submit did besides queueing: a full queue may make room for a request of
@@ -74,8 +74,8 @@ struct SubmitResult {
 };
 
 struct BatchItem {
-  uint64_t token;      // the caller's token from Submit
-  uint32_t offset;     // first row of this request in the batch buffer
+  uint64_t token;   // the caller's token from Submit
+  uint32_t offset;  // first row of this request in the batch buffer
   uint32_t rows;
   int64_t enqueue_ns;  // steady clock when it was queued
 };
@@ -91,21 +91,21 @@ struct Batch {
   uint32_t buffer = 0;  // index for BufferData / Complete
   uint32_t rows = 0;    // 0: no batch this time (only drops, a timeout, or stopped)
   int64_t formed_ns = 0;
-  bool stopped = false; // stopping and nothing left: the executor should exit
+  bool stopped = false;  // stopping and nothing left: the executor should exit
   std::vector<BatchItem> items;
   std::vector<DroppedItem> dropped;
   std::vector<uint32_t> slots;  // internal: staging slots being copied from
 };
 
 struct BatcherStats {
-  uint64_t submitted = 0;          // accepted into the queue
+  uint64_t submitted = 0;  // accepted into the queue
   uint64_t rejected_queue_full = 0;
   uint64_t rejected_deadline = 0;  // deadline already passed at submit
   uint64_t rejected_stopped = 0;
-  uint64_t rejected_admission = 0; // estimated completion after the deadline
-  uint64_t rejected_invalid = 0;   // refused by an input's feature transform
-  uint64_t evicted = 0;            // shed from a lower priority level for a higher one
-  uint64_t expired = 0;            // deadline passed while queued, never executed
+  uint64_t rejected_admission = 0;  // estimated completion after the deadline
+  uint64_t rejected_invalid = 0;    // refused by an input's feature transform
+  uint64_t evicted = 0;             // shed from a lower priority level for a higher one
+  uint64_t expired = 0;             // deadline passed while queued, never executed
   uint64_t cancelled = 0;
   uint64_t batches = 0;
   uint64_t rows_executed = 0;
@@ -184,8 +184,14 @@ class Batcher {
     size_t head = 0;
     size_t size = 0;
     uint32_t front() const { return items[head]; }
-    void push(uint32_t v) { items[(head + size) % items.size()] = v; ++size; }
-    void pop() { head = (head + 1) % items.size(); --size; }
+    void push(uint32_t v) {
+      items[(head + size) % items.size()] = v;
+      ++size;
+    }
+    void pop() {
+      head = (head + 1) % items.size();
+      --size;
+    }
     uint32_t back() const { return items[(head + size - 1) % items.size()]; }
     void pop_back() { --size; }
   };

@@ -34,7 +34,7 @@ enum class RangePolicy : uint8_t { kNone = 0, kReject = 1, kClip = 2 };
 enum class MissingPolicy : uint8_t { kReject = 0, kImpute = 1 };
 
 struct FeatureTransformOptions {
-  std::string model;                    // named in error messages
+  std::string model;  // named in error messages
   std::string input;
   uint32_t n_features = 0;
   std::vector<std::string> names;       // empty, or n_features names for messages
@@ -47,7 +47,7 @@ struct FeatureTransformOptions {
   std::vector<float> edges;             // n_features * (bins - 1) inner edges, ascending per feature
   uint32_t sub_windows = 10;
   uint64_t sub_window_rows = 1000;
-  int64_t sub_window_ns = 0;            // > 0: time-based sub-windows instead of row-based
+  int64_t sub_window_ns = 0;  // > 0: time-based sub-windows instead of row-based
 };
 
 // Totals over the live window.
@@ -89,7 +89,8 @@ class FeatureTransform {
   std::vector<float> edges_by_edge_;  // edge-major copy: [k * n_features + f], so the bin
                                       // count of a row vectorises across features
   std::vector<float> clip_lo_, clip_hi_;
-  std::vector<uint8_t> reject_missing_, reject_range_;  // 1 where the policy rejects  // lo/hi where the policy clips, else -inf/+inf
+  std::vector<uint8_t> reject_missing_,
+      reject_range_;  // 1 where the policy rejects  // lo/hi where the policy clips, else -inf/+inf
 
   mutable std::mutex mu_;
   // Per sub-window s: counts_[s][f * (bins + 1) + b] (slot `bins` sinks non-finite

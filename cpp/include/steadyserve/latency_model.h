@@ -37,8 +37,8 @@ class LatencyModel {
   struct Bucket {
     std::vector<int64_t> ring;  // capacity `window`, filled round-robin
     uint32_t next = 0;
-    uint32_t count = 0;         // total recorded, saturating at ring size for the quantile
-    int64_t estimate_ns = 0;    // cached quantile of ring
+    uint32_t count = 0;       // total recorded, saturating at ring size for the quantile
+    int64_t estimate_ns = 0;  // cached quantile of ring
   };
 
   int64_t EstimateLocked(uint32_t rows) const;
@@ -47,7 +47,7 @@ class LatencyModel {
   const uint32_t window_;
   const double quantile_;
   mutable std::mutex mu_;
-  std::vector<Bucket> buckets_;  // index = rows - 1
+  std::vector<Bucket> buckets_;   // index = rows - 1
   std::vector<int64_t> scratch_;  // reused by Record to sort without allocating
 };
 
