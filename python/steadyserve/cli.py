@@ -1,6 +1,7 @@
-"""The ``steadyserve`` command: ``serve`` and ``version`` (bench, fit, evaluate, ... come later).
+"""The ``steadyserve`` command: ``serve``, ``fit``, ``drift`` and ``version``.
 
-Exit codes: 0 success, 1 failure while running, 2 bad usage or missing dependency.
+Exit codes: 0 success, 1 failure while running, 2 bad usage or missing dependency;
+``drift`` exits 3 when it flags a feature (see its help).
 """
 
 from __future__ import annotations
@@ -86,6 +87,75 @@ def build_parser() -> argparse.ArgumentParser:
         default=64.0,
         help="largest gRPC request or response, in MiB (default %(default)s)",
     )
+    serve.add_argument(
+        "--allow-fault-injection",
+        action="store_true",
+        help="accept `steadyserve fault` (inject errors, hangs, NaN outputs, slowdowns into a "
+        "model, for failover drills); never in production",
+    )
+
+    fit = sub.add_parser(
+        "fit",
+        help="fit a model's stats file (scaling, imputation, drift reference) from data",
+        description="Fit the feature statistics (mean, std, min, max, quantiles) and the drift "
+        "reference histograms of a model's input from reference data, run the model on the "
+        "data (through the input's contract, scaled with the new stats) to fit its outputs "
+        "too, and write MODEL_DIR/<version>/stats.json. Restart the server to use it.",
+    )
+    fit.add_argument("model_dir", metavar="MODEL_DIR", help="the model's directory, REPO/<model>")
+    fit.add_argument(
+        "--data",
+        required=True,
+        metavar="FILE",
+        help=".npy ([rows, features]), .npz (one array per input, by input name, or a single "
+        "array) or .csv (numbers; an optional first line of column names = feature names; "
+        "empty cells are missing values)",
+    )
+    fit.add_argument("--input", metavar="NAME", help="the input the data is for (default: the "
+                     "input with a contract, or the only input)")  # fmt: skip
+    fit.add_argument(
+        "--bins", type=int, default=10, help="drift histogram bins per feature, 2..1024 "
+        "(default %(default)s; edges at the reference's quantiles)"
+    )  # fmt: skip
+    fit.add_argument("--version", type=int, metavar="N", help="model version (default: latest)")
+
+    drift = sub.add_parser(
+        "drift",
+        help="show a served model's live drift report (PSI per feature)",
+        description="Fetch GET /v2/models/MODEL/drift from a running server's HTTP port and "
+        "print each input and output's features by PSI against the reference.",
+        epilog="Exit codes: 0 nothing flagged; 3 at least one feature's PSI is over the "
+        "model's drift.psi_threshold (with drift.min_rows rows in the window); 1 the report "
+        "could not be fetched (server down, unknown model); 2 bad usage.",
+    )
+    drift.add_argument("model", metavar="MODEL", help="model name")
+    drift.add_argument(
+        "--url", required=True, metavar="HOST:PORT", help="the server's HTTP port (not gRPC)"
+    )
+    drift.add_argument("--version", metavar="N", help="model version (default: latest)")
+    drift.add_argument("--json", action="store_true", help="print the raw JSON report")
+    drift.add_argument("--timeout", type=float, default=10.0, help="seconds (default %(default)s)")
+
+    fault = sub.add_parser(
+        "fault",
+        help="inject a fault into a served model, or clear it (failover drills)",
+        description="Make MODEL fail on purpose on a server started with "
+        "--allow-fault-injection: error (every execution fails), hang (executions block until "
+        "the execution timeout terminates them), nan (outputs become NaN), slow (each execution "
+        "takes --delay-ms longer); clear removes the fault. Posts to the server's HTTP port.",
+        epilog="Exit codes: 0 done; 1 refused (fault injection off, unknown model) or the "
+        "server could not be reached; 2 bad usage.",
+    )
+    fault.add_argument("model", metavar="MODEL", help="model name")
+    fault.add_argument("kind", choices=("error", "hang", "nan", "slow", "clear"), help="the fault")
+    fault.add_argument(
+        "--url", required=True, metavar="HOST:PORT", help="the server's HTTP port (not gRPC)"
+    )
+    fault.add_argument(
+        "--delay-ms", type=float, default=0.0, metavar="N", help="extra ms per execution (slow)"
+    )
+    fault.add_argument("--version", metavar="N", help="model version (default: latest)")
+    fault.add_argument("--timeout", type=float, default=10.0, help="seconds (default %(default)s)")
 
     sub.add_parser("version", help="print the steadyserve version")
     return parser
@@ -164,6 +234,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             grace_s=args.grace_s,
             log_level=args.log_level,
             max_message_bytes=int(args.max_message_mb * MIB),
+            allow_fault_injection=args.allow_fault_injection,
         )
     except ValidationError as exc:
         problems = "; ".join(
@@ -196,6 +267,206 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return run(repo, settings, early_signals=early_signals)
 
 
+def _cmd_fit(args: argparse.Namespace) -> int:
+    if not 2 <= args.bins <= 1024:
+        raise UsageError(f"--bins must be an integer 2..1024; got {args.bins}")
+    if args.version is not None and args.version < 1:
+        raise UsageError(f"--version must be an integer >= 1; got {args.version}")
+    _check_onnxruntime()
+    from .contract import DataError, fit_model, read_reference_data
+
+    try:
+        data, header = read_reference_data(args.data)
+        result = fit_model(
+            args.model_dir,
+            data,
+            header=header,
+            input_name=args.input,
+            version=args.version,
+            bins=args.bins,
+        )
+    except DataError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"model '{result.model}' version {result.version}, reference data {args.data}")
+    for name, stats in result.inputs.items():
+        names = stats.get("feature_names") or [str(i) for i in range(len(stats["mean"]))]
+        missing = round(sum(stats["missing_rate"]) * stats["rows"])
+        print(
+            f"\ninput '{name}': {stats['rows']} rows x {len(names)} features"
+            + (f", {missing} missing values (NaN/inf)" if missing else "")
+        )
+        print(_stats_table(names, stats))
+    for name, stats in result.outputs.items():
+        print(f"\noutput '{name}': {stats['rows']} rows x {len(stats['mean'])} values")
+        print(_stats_table([str(i) for i in range(len(stats["mean"]))], stats))
+    if result.rows_refused:
+        print(
+            f"\n{result.rows_refused} reference row(s) refused by the contract are left out; "
+            f"the first: {result.first_refusal}"
+        )
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"\nwrote {result.path} (restart the server to use it)")
+    return 0
+
+
+def _stats_table(names: list[str], stats: dict) -> str:
+    width = max(7, *(len(n) for n in names))
+    lines = [
+        f"  {'feature':<{width}} {'mean':>10} {'std':>10} {'min':>10} {'median':>10} "
+        f"{'max':>10} {'missing':>8}"
+    ]
+    for i, name in enumerate(names):
+        lines.append(
+            f"  {name:<{width}} {stats['mean'][i]:>10.4g} {stats['std'][i]:>10.4g} "
+            f"{stats['min'][i]:>10.4g} {stats['median'][i]:>10.4g} {stats['max'][i]:>10.4g} "
+            f"{stats['missing_rate'][i]:>8.2%}"
+        )
+    return "\n".join(lines)
+
+
+class _FetchError(Exception):
+    """The drift report could not be fetched (exit code 1)."""
+
+
+def _fetch_drift(url: str, model: str, version: str | None, timeout: float) -> dict:
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    base = url if "://" in url else f"http://{url}"
+    base = base.rstrip("/")
+    path = f"/v2/models/{urllib.parse.quote(model, safe='')}"
+    if version:
+        path += f"/versions/{urllib.parse.quote(str(version), safe='')}"
+    try:
+        with urllib.request.urlopen(f"{base}{path}/drift", timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            reason = json.loads(exc.read()).get("error") or exc.reason
+        except ValueError:
+            reason = exc.reason
+        raise _FetchError(f"{base}{path}/drift: HTTP {exc.code}: {reason}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        why = getattr(exc, "reason", exc)
+        raise _FetchError(
+            f"cannot get {base}{path}/drift: {why} (is the server up, and is --url its HTTP port?)"
+        ) from None
+
+
+def _cmd_drift(args: argparse.Namespace) -> int:
+    if not args.timeout > 0:
+        raise UsageError(f"--timeout must be > 0 seconds; got {args.timeout}")
+    try:
+        report = _fetch_drift(args.url, args.model, args.version, args.timeout)
+    except _FetchError as exc:
+        print(f"{PROG} drift: error: {exc}", file=sys.stderr)
+        return 1
+    flagged = [
+        (section, tensor, feature)
+        for section in ("inputs", "outputs")
+        for tensor, entry in report.get(section, {}).items()
+        for feature in entry.get("flagged", [])
+    ]
+    if args.json:
+        import json
+
+        print(json.dumps(report, indent=2))
+    else:
+        print(_drift_text(report))
+    return 3 if flagged else 0
+
+
+def _drift_text(report: dict) -> str:
+    window = (
+        f"{report['window_rows']} rows"
+        if report.get("window_rows") is not None
+        else f"{report.get('window_seconds')} s"
+    )
+    threshold = report.get("psi_threshold")
+    out = [
+        f"model '{report.get('model')}' version {report.get('version')}: live window "
+        f"{window}, PSI threshold {threshold}"
+    ]
+    sections = [("input", report.get("inputs", {})), ("output", report.get("outputs", {}))]
+    if not any(entries for _, entries in sections):
+        out.append(
+            "no feature contract or drift reference: add inputs[].contract to config.yaml and "
+            "run `steadyserve fit`"
+        )
+    for kind, entries in sections:
+        for tensor, entry in entries.items():
+            worst = entry.get("worst")
+            head = f"\n{kind} '{tensor}': {entry['rows']} rows in the window"
+            if not entry.get("enough_rows"):
+                head += f" (PSI is meaningful from {entry.get('min_rows', '?')} rows)"
+            if worst:
+                head += f"; worst {worst['feature']} PSI {worst['psi']:.3f}"
+            if entry.get("flagged"):
+                head += f"; DRIFT: {', '.join(entry['flagged'])}"
+            out.append(head)
+            features = sorted(
+                entry.get("features", []),
+                key=lambda f: -1.0 if f["psi"] is None else f["psi"],
+                reverse=True,
+            )
+            width = max(7, *(len(f["feature"]) for f in features)) if features else 7
+            out.append(f"  {'feature':<{width}} {'PSI':>8} {'missing':>8} {'out of range':>12}")
+            for f in features:
+                psi = "-" if f["psi"] is None else f"{f['psi']:.3f}"
+                mark = "  <- drift" if f["feature"] in entry.get("flagged", []) else ""
+                out.append(
+                    f"  {f['feature']:<{width}} {psi:>8} {f['missing_rate']:>8.1%} "
+                    f"{f['out_of_range_rate']:>12.1%}{mark}"
+                )
+    return "\n".join(out)
+
+
+def _cmd_fault(args: argparse.Namespace) -> int:
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    if not args.timeout > 0:
+        raise UsageError(f"--timeout must be > 0 seconds; got {args.timeout}")
+    if args.kind == "slow" and not args.delay_ms > 0:
+        raise UsageError("fault 'slow' needs --delay-ms N (N > 0 ms added to each execution)")
+    if args.kind != "slow" and args.delay_ms:
+        raise UsageError("--delay-ms only makes sense with the fault 'slow'")
+    base = (args.url if "://" in args.url else f"http://{args.url}").rstrip("/")
+    path = f"/v2/models/{urllib.parse.quote(args.model, safe='')}"
+    if args.version:
+        path += f"/versions/{urllib.parse.quote(str(args.version), safe='')}"
+    url = f"{base}{path}/fault"
+    body = json.dumps({"kind": args.kind, "delay_ms": args.delay_ms}).encode()
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:
+            answer = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            reason = json.loads(exc.read()).get("error") or exc.reason
+        except ValueError:
+            reason = exc.reason
+        print(f"{PROG} fault: refused (HTTP {exc.code}): {reason}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        why = getattr(exc, "reason", exc)
+        print(
+            f"{PROG} fault: error: cannot reach {url}: {why} "
+            "(is the server up, and is --url its HTTP port?)",
+            file=sys.stderr,
+        )
+        return 1
+    print(answer.get("message", answer))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -207,10 +478,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from .errors import BackendUnavailableError, SteadyServeError
 
+    commands = {"serve": _cmd_serve, "fit": _cmd_fit, "drift": _cmd_drift, "fault": _cmd_fault}
     try:
-        return _cmd_serve(args)
+        return commands[args.command](args)
     except UsageError as exc:
-        print(f"{PROG} serve: error: {exc}", file=sys.stderr)
+        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except BackendUnavailableError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

@@ -71,6 +71,38 @@ drift:                        # live window vs the reference, per feature and pe
 
 FEATURE_NAMES = [f"f{i:02d}" for i in range(N_FEATURES)]
 
+# tabular-lite answers for tabular when tabular fails, so that
+# `steadyserve serve --demo --allow-fault-injection` plus `steadyserve fault` is a complete drill.
+_FAILOVER_PRIMARY = """\
+backup: tabular-lite          # answers when this model fails (same inputs and outputs)
+failover:
+  # A batch of 64 rows runs in ~0.05 ms (p99) here: 50 ms is ~1000x that, enough to ride out
+  # the scheduling stalls of a busy host, and short enough that a request caught in a hung
+  # batch still gets the backup's answer well inside a typical 100 ms - 1 s deadline.
+  execution_timeout_ms: 50
+  output_checks:              # a batch with a bad output fails over as a whole
+    - name: probabilities
+      finite: true
+      min: 0.0
+      max: 1.0
+  on_deadline_miss: true      # estimated to miss the deadline while the backup is not: backup
+  circuit:                    # the defaults, spelled out
+    window_s: 10.0
+    min_requests: 20
+    failure_rate: 0.5
+    consecutive_failures: 5
+    open_s: 5.0
+    half_open_probes: 3
+"""
+_FAILOVER_BACKUP = """\
+failover:
+  output_checks:              # the last link: a bad answer becomes a clear UNAVAILABLE
+    - name: probabilities
+      finite: true
+      min: 0.0
+      max: 1.0
+"""
+
 
 def demo_dataset(n_rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows of the demo task: features float32 [n_rows, 32] ~ N(0, 1), labels int64 in {0, 1}."""
@@ -202,7 +234,8 @@ def build_demo_repository(root: Path | str) -> Path:
             version_dir = root / name / "1"
             version_dir.mkdir(parents=True, exist_ok=True)
             onnx.save_model(model, str(version_dir / "model.onnx"))
-            (root / name / "config.yaml").write_text(_CONFIG, encoding="utf-8")
+            failover = _FAILOVER_PRIMARY if name == "tabular" else _FAILOVER_BACKUP
+            (root / name / "config.yaml").write_text(_CONFIG + failover, encoding="utf-8")
             # The contract's stats and drift reference: the training features, and the
             # model's answers on them (prediction drift).
             probabilities = _softmax(_logits(params, x)).astype(np.float32)

@@ -44,6 +44,9 @@ log = logging.getLogger("steadyserve.model")
 
 PLATFORM = "onnxruntime_onnx"
 _RECENT = 4096  # requests kept for in-process percentiles
+# A cancellation this close to the request's deadline is the caller giving up at its
+# deadline (client and server clocks see a gRPC deadline a transit time apart).
+_CANCEL_AT_DEADLINE_NS = 5_000_000
 
 
 class InferResult:
@@ -535,7 +538,11 @@ class ServableModel:
         try:
             return await future
         except asyncio.CancelledError:
-            if self._pending.pop(token, None) is not None and pending.handle is not None:
+            if deadline and time.monotonic_ns() >= deadline - _CANCEL_AT_DEADLINE_NS:
+                # The caller gave up at its deadline (a gRPC client cancels when its
+                # deadline passes, racing the timer above): an expiry, not a cancel.
+                self._expire(token)
+            elif self._pending.pop(token, None) is not None and pending.handle is not None:
                 self._batcher.cancel(pending.handle)
                 self._count_refusal(CancelledError("cancelled"))
             raise

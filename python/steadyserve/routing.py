@@ -47,6 +47,11 @@ STATE_VALUE = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
 
 NORMAL, PROBE = "normal", "probe"  # tickets from CircuitBreaker.allow
 
+# Background runs that keep a deadline-skipped model's latency estimate fresh
+# (Router.refresh_estimate): at most one per model in flight, one per interval.
+_REFRESH_INTERVAL_S = 0.05
+_REFRESH_TIMEOUT_S = 2.0
+
 
 class CircuitBreaker:
     """closed -> open when failures pass a threshold (consecutive, or a rate over a
@@ -74,6 +79,7 @@ class CircuitBreaker:
         self._probe_successes = 0
         self.opened_count = 0
         self.last_reason = ""
+        self.changed_at = clock()  # when the state last changed (clock's time)
 
     def allow(self) -> str | None:
         """May a request go to this model now? Returns a ticket (NORMAL or PROBE) or None."""
@@ -88,6 +94,10 @@ class CircuitBreaker:
                 self._probes_in_flight += 1
                 return PROBE
             return None
+
+    def since_s(self) -> float:
+        """Seconds in the current state."""
+        return self._clock() - self.changed_at
 
     def release(self, ticket: str | None) -> None:
         """The request did not reach a verdict on this model (refused, cancelled)."""
@@ -107,8 +117,9 @@ class CircuitBreaker:
                     return
                 self._probe_successes += 1
                 if self._probe_successes >= self._config.half_open_probes:
-                    self._reset_counts()
-                    self._move(CLOSED, f"{self._probe_successes} probes succeeded")
+                    why = f"{self._probe_successes} probes succeeded"
+                    self._reset_counts()  # (zeroes _probe_successes: say it first)
+                    self._move(CLOSED, why)
                 return
             if self.state != CLOSED:
                 return  # a request admitted before the circuit opened
@@ -150,10 +161,13 @@ class CircuitBreaker:
 
     def _move(self, state: str, why: str) -> None:
         previous, self.state, self.last_reason = self.state, state, why
+        self.changed_at = self._clock()
         log.warning(
-            "circuit %s -> %s",
+            "circuit of model '%s': %s -> %s (%s)",
+            self.model,
             previous,
             state,
+            why,
             extra={"model": self.model, "from": previous, "to": state, "reason": why},
         )
         if self._on_change is not None:
@@ -164,16 +178,17 @@ class Route:
     """One request's walk along its model's chain (shared by the sync and async paths)."""
 
     __slots__ = ("_router", "_chain", "_index", "_version", "_deadline_ns", "_priority",
-                 "_rows", "_reasons", "primary")
+                 "_rows", "_reasons", "primary", "_inputs")
 
-    def __init__(self, router: Router, name: str, version, deadline_ns, priority, rows: int):
+    def __init__(self, router: Router, name: str, version, deadline_ns, priority, inputs):
         self._router = router
         self._chain = router.chain(name)
         self._index = 0
         self._version = version
         self._deadline_ns = deadline_ns
         self._priority = priority
-        self._rows = rows
+        self._inputs = inputs
+        self._rows = _rows(inputs)
         self._reasons: list[str] = []
         self.primary = name
 
@@ -202,6 +217,7 @@ class Route:
             if self._misses_deadline(model, i):
                 breaker.release(ticket)
                 self._note(name, "deadline", "estimated to finish after the deadline")
+                router.refresh_estimate(model, self._inputs, self._priority)
                 continue
             return model, ticket
         return None
@@ -278,6 +294,9 @@ class Router:
         self._defaults: dict[str, dict[str, np.ndarray]] = {}
         self.failovers: dict[tuple[str, str], int] = {}
         self.skips: dict[tuple[str, str], int] = {}
+        self._refreshing: set[str] = set()  # models with a refresh run in flight
+        self._next_refresh: dict[str, float] = {}
+        self.refreshes = 0  # background runs that refreshed a skipped model's estimate
 
     def configure(self, name: str, config, signature=None) -> None:
         if config.backup:
@@ -287,6 +306,8 @@ class Router:
                 k: np.asarray(v, dtype=np.float32) for k, v in config.failover.default_output.items()
             }
         self.breaker(name, config.failover.circuit)
+        if self._metrics is not None:  # a series from the start, not from the first change
+            self._metrics.circuit_state.labels(name).set(STATE_VALUE[self.breaker(name).state])
 
     def chain(self, name: str) -> list[str]:
         chain = [name]
@@ -325,9 +346,50 @@ class Router:
         with self._lock:
             key = (name, reason)
             self.skips[key] = self.skips.get(key, 0) + 1
+        if self._metrics is not None:
+            self._metrics.failover_triggers.labels(name, reason).inc()
 
     def route(self, name: str, version, deadline_ns, priority, inputs) -> Route:
-        return Route(self, name, version, deadline_ns, priority, _rows(inputs))
+        return Route(self, name, version, deadline_ns, priority, inputs)
+
+    def refresh_estimate(self, model: ServableModel, inputs, priority: int) -> None:
+        """Keep the latency estimate of a model skipped for its deadline up to date.
+
+        A model estimated to miss deadlines gets no traffic, so its estimate (built from
+        the batches it runs) would never learn that it got fast again, and every request
+        would go to the backup for good. So now and then (at most one in flight, one per
+        ``_REFRESH_INTERVAL_S``) a copy of a skipped request runs on it in the
+        background; its answer is discarded and only its execution time counts.
+        """
+        now = time.monotonic()
+        with self._lock:
+            if model.name in self._refreshing or now < self._next_refresh.get(model.name, 0.0):
+                return
+            self._refreshing.add(model.name)
+            self._next_refresh[model.name] = now + _REFRESH_INTERVAL_S
+        try:
+            copy = {k: np.array(v, copy=True) for k, v in inputs.items()}
+            threading.Thread(
+                target=self._refresh,
+                args=(model, copy, priority),
+                name=f"steadyserve-refresh-{model.name}",
+                daemon=True,
+            ).start()
+        except BaseException:
+            with self._lock:
+                self._refreshing.discard(model.name)
+            raise
+
+    def _refresh(self, model: ServableModel, inputs, priority: int) -> None:
+        try:
+            deadline = time.monotonic_ns() + int(_REFRESH_TIMEOUT_S * 1e9)
+            model.infer(inputs, deadline_ns=deadline, priority=priority)
+            ran = 1
+        except BaseException:  # still slow, failing or stopping: the estimate says so
+            ran = 0
+        with self._lock:
+            self._refreshing.discard(model.name)
+            self.refreshes += ran
 
     def report(self) -> dict[str, Any]:
         with self._lock:
@@ -335,7 +397,12 @@ class Router:
             skips = dict(self.skips)
         return {
             "circuits": {
-                name: {"state": b.state, "opened": b.opened_count, "reason": b.last_reason}
+                name: {
+                    "state": b.state,
+                    "opened": b.opened_count,
+                    "reason": b.last_reason,
+                    "since_s": round(b.since_s(), 3),
+                }
                 for name, b in sorted(self._breakers.items())
             },
             "backups": dict(self._backups),

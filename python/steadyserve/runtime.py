@@ -30,7 +30,7 @@ from .faults import Fault, FaultInjector
 from .model import InferResult, ServableModel
 from .routing import Router
 from .monitoring.drift import register_drift_collector
-from .monitoring.metrics import Metrics
+from .monitoring.metrics import Metrics, register_slo_collector
 from .repository import scan_repository, validate_model_name
 
 log = logging.getLogger("steadyserve.runtime")
@@ -59,6 +59,7 @@ class Runtime:
         self.repository = Path(repository)
         self.metrics = metrics if metrics is not None else Metrics()
         register_drift_collector(self)  # drift gauges, read from the models at scrape time
+        register_slo_collector(self)  # SLO figures (refusals, estimates), read at scrape time
         self._lock = threading.Lock()
         self._models: dict[str, dict[str, ServableModel]] = {}
         self._index: dict[tuple[str, str], ModelIndexEntry] = {}
@@ -80,6 +81,10 @@ class Runtime:
         self._check_backups(sources)
 
     def _load(self, source, warmup: bool) -> None:
+        if source.config is not None:
+            # Before loading: a model that fails to load (bad file, no version) still
+            # has its backup answer for it.
+            self.router.configure(source.name, source.config)
         if source.error is not None or source.config is None:
             reason = source.error or "no configuration"
             log.error("model failed to load", extra={"model": source.name, "reason": reason})
@@ -114,7 +119,6 @@ class Runtime:
                 )
                 continue
             self._models.setdefault(source.name, {})[version] = model
-            self.router.configure(source.name, source.config)
             self._index[(source.name, version)] = ModelIndexEntry(source.name, version, "READY")
             log.info(
                 "model ready",
@@ -131,7 +135,7 @@ class Runtime:
         for name in sorted(self._models):
             source = sources[name]
             backup = source.config.backup
-            if not backup:
+            if not backup and not source.config.failover.default_output:
                 continue
             problem = None
             seen = [name]
@@ -147,8 +151,12 @@ class Runtime:
             if problem is None and backup in self._models:
                 problem = _signature_mismatch(self._latest(name), self._latest(backup))
             if problem is not None:
-                reason = f"{source.directory / 'config.yaml'}: backup: {problem}"
-                log.error("backup refused", extra={"model": name, "reason": reason})
+                problem = f"backup: {problem}"
+            else:
+                problem = _default_output_mismatch(self._latest(name))
+            if problem is not None:
+                reason = f"{source.directory / 'config.yaml'}: {problem}"
+                log.error("failover configuration refused", extra={"model": name, "reason": reason})
                 for version, model in self._models.pop(name).items():
                     model.close()
                     self._index[(name, version)] = ModelIndexEntry(
@@ -339,6 +347,29 @@ class Runtime:
         self.close()
 
 
+def _default_output_mismatch(model: ServableModel) -> str | None:
+    """Why ``failover.default_output`` cannot stand in for ``model``'s answer (None when it can)."""
+    default = model.config.failover.default_output or {}
+    outputs = {s.name: s for s in model.outputs}
+    for name, row in default.items():
+        spec = outputs.get(name)
+        if spec is None:
+            return (
+                f"failover.default_output names output '{name}', which model '{model.name}' "
+                f"does not have (outputs: {', '.join(outputs)})"
+            )
+        dims = spec.shape[1:] if model.max_batch_size > 0 else spec.shape
+        width = 1
+        for d in dims:
+            width *= d
+        if len(dims) != 1 or width < 0 or width != len(row):
+            return (
+                f"failover.default_output['{name}'] has {len(row)} values, but output "
+                f"'{name}' has rows of shape {list(dims)}; give one row of that many values"
+            )
+    return None
+
+
 def _signature_mismatch(model: ServableModel, backup: ServableModel) -> str | None:
     """Why ``backup`` cannot answer for ``model`` (None when it can)."""
     def describe(specs):
@@ -353,9 +384,24 @@ def _signature_mismatch(model: ServableModel, backup: ServableModel) -> str | No
     if missing:
         return f"backup '{backup.name}' lacks outputs {sorted(missing)} of '{model.name}'"
     for name, spec in describe(model.outputs).items():
-        if describe(backup.outputs)[name][0] != spec[0]:
+        theirs = describe(backup.outputs)[name]
+        if theirs[0] != spec[0]:
             return (
-                f"backup '{backup.name}' output '{name}' is {describe(backup.outputs)[name][0]}, "
+                f"backup '{backup.name}' output '{name}' is {theirs[0]}, "
                 f"'{model.name}' gives {spec[0]}"
             )
+        same_shape = len(theirs[1]) == len(spec[1]) and all(
+            a == b or a < 0 or b < 0 for a, b in zip(theirs[1], spec[1], strict=True)
+        )
+        if not same_shape:
+            return (
+                f"backup '{backup.name}' output '{name}' has shape {list(theirs[1])}, "
+                f"'{model.name}' gives {list(spec[1])}"
+            )
+    if backup.max_batch_size < model.max_batch_size:
+        return (
+            f"backup '{backup.name}' takes at most {backup.max_batch_size} rows per request "
+            f"(max_batch_size), '{model.name}' takes {model.max_batch_size}: it could not answer "
+            f"every request for it"
+        )
     return None

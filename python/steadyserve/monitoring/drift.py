@@ -30,17 +30,24 @@ sustained for 10 minutes; the second fires on data-quality trouble)::
             labels:
               severity: warning
             annotations:
-              summary: "Drift on {{ $labels.model }} v{{ $labels.version }} {{ $labels.tensor }}/{{ $labels.feature }}"
+              summary: >-
+                Drift on {{ $labels.model }} v{{ $labels.version }}
+                {{ $labels.tensor }}/{{ $labels.feature }}
               description: >-
                 PSI {{ $value | printf "%.2f" }} > 0.2 for 10 minutes against the
-                reference in stats.json. Details: steadyserve drift --url HOST:HTTP_PORT {{ $labels.model }}
+                reference in stats.json. Details:
+                steadyserve drift --url HOST:HTTP_PORT {{ $labels.model }}
           - alert: SteadyServeMissingValues
-            expr: steadyserve_feature_missing_ratio > 0.05 and on(model, version, tensor) steadyserve_drift_window_rows >= 200
+            expr: >-
+              steadyserve_feature_missing_ratio > 0.05
+              and on(model, version, tensor) steadyserve_drift_window_rows >= 200
             for: 10m
             labels:
               severity: warning
             annotations:
-              summary: "{{ $labels.model }} {{ $labels.tensor }}/{{ $labels.feature }}: {{ $value | humanizePercentage }} missing"
+              summary: >-
+                {{ $labels.model }} {{ $labels.tensor }}/{{ $labels.feature }}:
+                {{ $value | humanizePercentage }} of the values missing
 """
 
 from __future__ import annotations

@@ -12,7 +12,14 @@ client library), durations are ``_seconds`` histograms, labels ``model`` and
 
 from __future__ import annotations
 
+import logging
+import weakref
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+log = logging.getLogger("steadyserve.monitoring.metrics")
 
 # Request latency on a serving path runs from ~100 µs (in-process) to seconds.
 LATENCY_BUCKETS = (
@@ -96,6 +103,14 @@ class Metrics:
             ["model", "answered_by"],
             registry=r,
         )
+        self.failover_triggers = Counter(
+            "steadyserve_failover_triggers",
+            "Times a model was passed over for the next link of its chain, by reason "
+            "(execution_error, execution_timeout, bad_output, not_ready, circuit_open, deadline, "
+            "or the error class of a refusal).",
+            ["model", "reason"],
+            registry=r,
+        )
 
     def circuit_changed(self, model: str, state: str) -> None:
         self.circuit_state.labels(model).set({"closed": 0, "half_open": 1, "open": 2}[state])
@@ -136,3 +151,97 @@ class ModelMetrics:
     def batch_done(self, rows: int, compute_s: float) -> None:
         self.batch_size.observe(rows)
         self.compute_duration.observe(compute_s)
+
+
+class SloCollector:
+    """SLO figures read from the models at scrape time (nothing is counted twice on the
+    request path: the core and the models keep the counts, this turns them into metrics).
+
+    - ``steadyserve_refused_requests_total{model,version,reason}``: requests not executed,
+      by reason (``ServableModel.refusals()``: admission, deadline_passed,
+      expired_in_queue, queue_full, shed_for_priority, cancelled, invalid_input, stopping).
+    - ``steadyserve_batch_execution_estimate_seconds{model,version,batch_size}``: the
+      latency model's execution estimate (a high quantile of recent batches) at the
+      warm-up batch sizes; what admission control and deadline-aware batching use.
+    - ``steadyserve_slo_batch_cap{model,version}``: the largest batch formed now (less
+      than max_batch_size when the SLO caps it).
+    - ``steadyserve_slo_latency_seconds{model,version}``: the model's slo.latency_ms.
+    - ``steadyserve_executing_batches{model,version}``: batches executing now.
+
+    Runtimes are held weakly: a closed and dropped Runtime disappears from the metrics.
+    """
+
+    def __init__(self) -> None:
+        self._runtimes: list[weakref.ref] = []
+
+    def add(self, runtime) -> None:
+        self._runtimes = [r for r in self._runtimes if r() is not None and r() is not runtime]
+        self._runtimes.append(weakref.ref(runtime))
+
+    def describe(self) -> list[Metric]:
+        return []  # families depend on the models loaded; don't collect() at registration
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["model", "version"]
+        refused = CounterMetricFamily(
+            "steadyserve_refused_requests",
+            "Requests not executed, by reason (admission, deadline_passed, expired_in_queue, "
+            "queue_full, shed_for_priority, cancelled, invalid_input, stopping).",
+            labels=[*labels, "reason"],
+        )
+        estimate = GaugeMetricFamily(
+            "steadyserve_batch_execution_estimate_seconds",
+            "The latency model's execution estimate for a batch of batch_size rows.",
+            labels=[*labels, "batch_size"],
+        )
+        cap = GaugeMetricFamily(
+            "steadyserve_slo_batch_cap",
+            "Largest batch the batcher forms now (below max_batch_size when the SLO caps it).",
+            labels=labels,
+        )
+        slo = GaugeMetricFamily(
+            "steadyserve_slo_latency_seconds",
+            "The model's latency SLO (slo.latency_ms).",
+            labels=labels,
+        )
+        executing = GaugeMetricFamily(
+            "steadyserve_executing_batches", "Batches executing now.", labels=labels
+        )
+        for runtime_ref in list(self._runtimes):
+            runtime = runtime_ref()
+            if runtime is None:
+                continue
+            for model in runtime.models():
+                try:
+                    key = [model.name, str(model.version)]
+                    for reason, count in model.refusals().items():
+                        refused.add_metric([*key, reason], count)
+                    report = model.slo_report()
+                    for rows, ms in sorted(report["execution_estimate_ms"].items()):
+                        estimate.add_metric([*key, str(rows)], ms / 1000.0)
+                    cap.add_metric(key, report["batch_cap"])
+                    if report["latency_ms"]:
+                        slo.add_metric(key, report["latency_ms"] / 1000.0)
+                    formed = model.batcher_stats()["batches"]
+                    executing.add_metric(key, max(0, formed - model.statistics().execution_count))
+                except Exception:  # one model's trouble must not take /metrics down
+                    log.exception("SLO figures failed", extra={"model": model.name})
+        yield from (refused, estimate, cap, slo, executing)
+
+
+_SLO_COLLECTORS: weakref.WeakKeyDictionary[CollectorRegistry, SloCollector] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def register_slo_collector(runtime) -> SloCollector:
+    """Export the SLO figures of ``runtime``'s models in ``runtime.metrics.registry``
+    (one collector per registry: runtimes sharing a registry share it)."""
+    registry = runtime.metrics.registry
+    collector = _SLO_COLLECTORS.get(registry)
+    if collector is None:
+        collector = SloCollector()
+        registry.register(collector)
+        _SLO_COLLECTORS[registry] = collector
+    collector.add(runtime)
+    return collector

@@ -42,6 +42,15 @@ class StartupError(SteadyServeError):
     grpc_code = "UNAVAILABLE"
 
 
+# Error code (errors.*.grpc_code) -> HTTP status on the side port.
+_HTTP_STATUS = {
+    "INVALID_ARGUMENT": 400,
+    "PERMISSION_DENIED": 403,
+    "NOT_FOUND": 404,
+    "UNAVAILABLE": 503,
+}
+
+
 def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -100,6 +109,9 @@ class Server:
         app.router.add_get("/v2/models/{name}/drift", self._http_model_drift)
         app.router.add_get("/v2/models/{name}/versions/{version}/drift", self._http_model_drift)
         app.router.add_get("/metrics", self._http_metrics)
+        app.router.add_get("/v2/failover", self._http_failover)
+        app.router.add_post("/v2/models/{name}/fault", self._http_fault)
+        app.router.add_post("/v2/models/{name}/versions/{version}/fault", self._http_fault)
         runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, s.host, s.http_port, reuse_port=s.reuse_port or None)
@@ -181,6 +193,49 @@ class Server:
         except SteadyServeError as exc:  # e.g. a malformed name
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response(model.drift_report())
+
+    async def _http_failover(self, request: web.Request) -> web.Response:
+        """Circuit states, backup chains and failover counts (Runtime.failover_report)."""
+        return web.json_response(self.runtime.failover_report())
+
+    async def _http_fault(self, request: web.Request) -> web.Response:
+        """Inject a fault into a model, or clear it: {"kind": "error|hang|nan|slow|clear",
+        "delay_ms": N}. Refused (403) unless the server runs with --allow-fault-injection."""
+        name = request.match_info["name"]
+        version = request.match_info.get("version")
+        usage = 'expected a JSON object {"kind": "error|hang|nan|slow|clear", "delay_ms": N}'
+        try:
+            body = await request.json()
+        except ValueError:
+            return web.json_response({"error": f"body is not JSON: {usage}"}, status=400)
+        kind = body.get("kind") if isinstance(body, dict) else None
+        delay_ms = body.get("delay_ms", 0) if isinstance(body, dict) else 0
+        if not isinstance(kind, str):
+            return web.json_response({"error": f"no 'kind': {usage}"}, status=400)
+        if isinstance(delay_ms, bool) or not isinstance(delay_ms, (int, float)):
+            return web.json_response(
+                {"error": f"'delay_ms' must be a number of milliseconds; got {delay_ms!r}"},
+                status=400,
+            )
+        try:
+            if kind == "clear":
+                self.runtime.clear_fault(name, version=version)
+                fault = None
+            else:
+                fault = self.runtime.inject_fault(name, kind, delay_ms=delay_ms, version=version)
+        except SteadyServeError as exc:
+            status = _HTTP_STATUS.get(exc.grpc_code, 500)
+            return web.json_response({"error": str(exc)}, status=status)
+        what = "cleared" if fault is None else f"injected: {fault.describe()}"
+        log.warning("fault %s", what, extra={"model": name, "fault": kind})
+        return web.json_response(
+            {
+                "model": name,
+                "fault": None if fault is None else fault.kind,
+                "delay_ms": None if fault is None else fault.delay_ms,
+                "message": f"model '{name}': fault {what}",
+            }
+        )
 
     async def _http_metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self.runtime.metrics.registry)
@@ -307,7 +362,12 @@ async def serve(
         on_signal(early_signals[0])
 
     # Built on the loop's thread: the runtime may bind to the running loop.
-    runtime = Runtime(repository)
+    runtime = Runtime(repository, allow_fault_injection=settings.allow_fault_injection)
+    if settings.allow_fault_injection:
+        log.warning(
+            "fault injection is allowed: POST /v2/models/{name}/fault (steadyserve fault) "
+            "can make models fail on purpose; never use --allow-fault-injection in production"
+        )
     await asyncio.sleep(0)  # run the handlers of signals that came during the load
     if stop.is_set():
         await asyncio.to_thread(runtime.close)

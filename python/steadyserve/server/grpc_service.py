@@ -65,18 +65,25 @@ def _int_param(request, key: str, what: str) -> int | None:
     return value
 
 
+# Of a gRPC deadline, the part kept for the answer's way back: the server aims to answer
+# (or refuse) before the client gives up, and a client cancelling at its deadline then
+# finds the request already expired here rather than merely cancelled.
+RESPONSE_ALLOWANCE_NS = 1_000_000
+
+
 def request_deadline_ns(request, context) -> int | None:
     """Absolute ``time.monotonic_ns()`` deadline of a request, or None for the model default.
 
-    The gRPC deadline (what the client will wait) and the ``timeout`` parameter
-    (Triton's convention, microseconds; 0 means unset) are both promises about the
-    same request; when both are given the earlier one binds.
+    The gRPC deadline (what the client will wait, less ``RESPONSE_ALLOWANCE_NS`` for the
+    answer's way back) and the ``timeout`` parameter (Triton's convention, microseconds;
+    0 means unset) are both promises about the same request; when both are given the
+    earlier one binds.
     """
     now = time.monotonic_ns()
     candidates = []
     remaining_s = context.time_remaining()
     if remaining_s is not None:
-        candidates.append(now + max(0, int(remaining_s * 1e9)))
+        candidates.append(now + max(0, int(remaining_s * 1e9) - RESPONSE_ALLOWANCE_NS))
     timeout_us = _int_param(request, "timeout", "microseconds")
     if timeout_us:
         candidates.append(now + timeout_us * 1000)

@@ -31,3 +31,7 @@ class ServerSettings(BaseModel):
     health_poll_s: float = Field(
         default=1.0, gt=0.0, le=60.0, description="how often model readiness is re-read"
     )
+    allow_fault_injection: bool = Field(
+        default=False,
+        description="accept POST /v2/models/{name}/fault (drills and tests); off in production",
+    )
