@@ -508,3 +508,27 @@ def test_fault_injection_arguments_are_checked(runtime):
     assert fault.describe() == "slow (5 ms)"
     rt.clear_fault("main")
     assert rt.infer("main", {"x": X}).model_name == "main"
+
+
+def test_hung_batch_whose_callers_gave_up_still_counts_against_the_circuit(runtime):
+    """Regression: when every request of a hung batch expired before the execution timeout
+    cut the batch off, no caller was left to report the failure and the circuit stayed
+    closed. The model now reports such failures to the circuit itself."""
+    rt = runtime(
+        {
+            "main": failover(
+                execution_timeout_ms=300,
+                on_deadline_miss=False,
+                circuit={"consecutive_failures": 1},
+            )
+        }
+    )
+    rt.inject_fault("main", "hang")
+    with pytest.raises(DeadlineExceededError):  # expires long before the hang is cut off
+        rt.infer("main", {"x": X[:1]}, timeout=0.05)
+    assert circuit(rt) == CLOSED  # the batch still hangs: nothing known yet
+    deadline = time.monotonic() + T
+    while circuit(rt) != OPEN and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert circuit(rt) == OPEN
+    rt.clear_fault("main")

@@ -172,6 +172,8 @@ class ServableModel:
         self._backend = backend
         self._metrics = metrics
         self.faults = faults  # a FaultInjector when fault injection is allowed, else None
+        # Called as (model, reason, count) for failed requests that no caller waits for.
+        self.failure_listener = None
         self.inputs: list[TensorSpec] = _resolve_specs(name, backend.inputs, config.inputs, "input")
         self.outputs: list[TensorSpec] = _resolve_specs(
             name, backend.outputs, config.outputs, "output"
@@ -679,7 +681,10 @@ class ServableModel:
                 reason="execution_timeout",
             )
         t2 = time.perf_counter_ns()
-        self._batcher.complete(buffer, rows, t2 - t1)  # the buffer is free again
+        # The buffer is free again. A batch that failed fast says nothing about how long
+        # a batch takes, so only successful (or timed-out) runs teach the latency model.
+        timed_out = isinstance(error, ModelFailureError) and error.reason == "execution_timeout"
+        self._batcher.complete(buffer, rows, t2 - t1 if error is None or timed_out else -1)
         if error is None and self.max_batch_size > 0:
             for name, out in outputs.items():
                 if out.ndim == 0 or out.shape[0] != rows:
@@ -689,10 +694,12 @@ class ServableModel:
                     )
                     break
         deliveries = []
+        orphans = 0
         for k in range(len(tokens)):
             pending = self._pending.pop(int(tokens[k]), None)
             if pending is None:
-                continue  # expired or cancelled while its batch ran
+                orphans += 1  # expired or cancelled while its batch ran
+                continue
             if error is not None:
                 deliveries.append((pending, error, True))
                 continue
@@ -706,6 +713,10 @@ class ServableModel:
                 result = {n: outputs[n] for n in names}
             deliveries.append((pending, InferResult(result, self.name, self.version), False))
         t3 = time.perf_counter_ns()
+        if error is not None and orphans and self.failure_listener is not None:
+            # Nobody waits for these answers any more (their deadlines passed while the
+            # batch hung), so no route will report the failure: tell the circuit directly.
+            self.failure_listener(self.name, getattr(error, "reason", "execution_error"), orphans)
         self._deliver(deliveries)
         self._record_batch(rows, formed_ns, enqueue_ns, t1 - t0, t2 - t1, t3 - t2, error)
 

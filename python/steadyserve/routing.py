@@ -332,6 +332,16 @@ class Router:
                     self._breakers[name] = breaker
         return breaker
 
+    def unanswered_failures(self, model: str, reason: str, count: int) -> None:
+        """Failed requests whose callers had already gone (their deadlines passed while
+        the batch hung): no route reports them, so they count against the circuit here."""
+        breaker = self.breaker(model)
+        for _ in range(min(count, self._UNANSWERED_LIMIT)):
+            breaker.record(NORMAL, False, reason)
+
+    # One hung batch of many expired requests counts as a few failures, not as many.
+    _UNANSWERED_LIMIT = 8
+
     def default_output(self, name: str) -> dict[str, np.ndarray] | None:
         return self._defaults.get(name)
 

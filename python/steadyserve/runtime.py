@@ -105,6 +105,7 @@ class Runtime:
                         self.metrics.for_model(source.name, version),
                         faults=FaultInjector(source.name) if self.allow_fault_injection else None,
                     )
+                    model.failure_listener = self.router.unanswered_failures
                     model.start(warmup=warmup and source.config.onnxruntime.warmup)
                 except BaseException:
                     backend.close()
