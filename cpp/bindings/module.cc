@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -50,6 +51,22 @@ void RaiseIfError(const Status& status) {
   throw py::error_already_set();
 }
 
+// Calls that only take a core mutex briefly keep the GIL for small requests:
+// releasing and re-taking it costs more than the copy, and hands the GIL to
+// another thread (an executor) that the caller then has to wait for. Calls that
+// can wait (next_batch) always release it; so do calls over large data.
+constexpr uint64_t kReleaseGilBytes = 64 * 1024;
+
+class MaybeReleaseGil {
+ public:
+  explicit MaybeReleaseGil(bool release) {
+    if (release) release_.emplace();
+  }
+
+ private:
+  std::optional<py::gil_scoped_release> release_;
+};
+
 int64_t TimeoutNs(py::object timeout_s) {
   if (timeout_s.is_none()) return -1;
   const double s = timeout_s.cast<double>();
@@ -76,6 +93,7 @@ class PyBatcher {
     // copies them before Submit returns.
     const uint8_t* ptrs[64];
     if (n > 64) RaiseIfError(Status(StatusCode::kInvalidArgument, "more than 64 inputs"));
+    uint64_t total_bytes = 0;
     std::vector<py::buffer_info> infos;
     infos.reserve(n);
     for (size_t i = 0; i < n; ++i) {
@@ -96,11 +114,12 @@ class PyBatcher {
                                 std::to_string(have) + (contiguous ? "" : " (not contiguous)")));
       }
       ptrs[i] = static_cast<const uint8_t*>(info.ptr);
+      total_bytes += need;
     }
     SubmitResult result;
     Status status;
     {
-      py::gil_scoped_release release;
+      MaybeReleaseGil release(total_bytes >= kReleaseGilBytes);
       status = batcher_->Submit(token, ptrs, n, rows, deadline_ns, priority, &result);
     }
     RaiseIfError(status);
@@ -240,12 +259,8 @@ std::shared_ptr<FeatureTransform> MakeTransform(
   return std::shared_ptr<FeatureTransform>(std::move(t));
 }
 
-py::dict SnapshotDict(const FeatureTransform& t) {
-  DriftSnapshot s;
-  {
-    py::gil_scoped_release release;
-    s = t.Snapshot();
-  }
+py::dict SnapshotDict(FeatureTransform& t) {
+  DriftSnapshot s = t.Snapshot();
   const auto& o = t.options();
   const py::ssize_t n = o.n_features, bins = std::max<uint32_t>(o.bins, 1);
   py::array_t<uint64_t> counts({n, bins});
@@ -306,7 +321,7 @@ PYBIND11_MODULE(_core, m) {
             const uint64_t rows = in.ndim() == 1 ? 1 : static_cast<uint64_t>(in.shape(0));
             Status s;
             {
-              py::gil_scoped_release release;
+              MaybeReleaseGil release(rows * t.options().n_features * sizeof(float) >= kReleaseGilBytes);
               s = t.Apply(in.data(), out.mutable_data(), rows);
             }
             RaiseIfError(s);
@@ -318,7 +333,7 @@ PYBIND11_MODULE(_core, m) {
           [](FeatureTransform& t, const py::array& x) {
             auto in = FeatureMatrix(x, t.options().n_features, "values");
             const uint64_t rows = in.ndim() == 1 ? 1 : static_cast<uint64_t>(in.shape(0));
-            py::gil_scoped_release release;
+            MaybeReleaseGil release(rows * t.options().n_features * sizeof(float) >= kReleaseGilBytes);
             t.Observe(in.data(), rows);
           },
           py::arg("values"), "Count values (e.g. model outputs) into the drift window, no policies.")
@@ -347,15 +362,14 @@ PYBIND11_MODULE(_core, m) {
            py::arg("deadline_ns") = 0, py::arg("priority") = 0,
            "Queue a request; returns (handle for cancel(), evicted token or 0). Raises steadyserve.errors on "
            "refusal.")
-      .def("cancel", &PyBatcher::Cancel, py::arg("handle"), py::call_guard<py::gil_scoped_release>())
+      .def("cancel", &PyBatcher::Cancel, py::arg("handle"))
       .def(
           "next_batch",
           [](py::object self, py::object timeout) {
             return self.cast<PyBatcher&>().NextBatch(self, timeout);
           },
           py::arg("timeout") = py::none())
-      .def("complete", &PyBatcher::Complete, py::arg("buffer"), py::arg("rows"), py::arg("exec_ns"),
-           py::call_guard<py::gil_scoped_release>())
+      .def("complete", &PyBatcher::Complete, py::arg("buffer"), py::arg("rows"), py::arg("exec_ns"))
       .def("stop", &PyBatcher::Stop, py::call_guard<py::gil_scoped_release>())
       .def("stats", &PyBatcher::Stats)
       .def_property_readonly("queued_requests", &PyBatcher::QueuedRequests)

@@ -16,6 +16,7 @@ int64_t SteadyNowNs() {
 }
 
 std::string FormatValue(float v) {
+  if (std::isnan(v)) return "nan";  // never "-nan": the sign of a NaN means nothing here
   char buf[48];
   std::snprintf(buf, sizeof(buf), "%.9g", static_cast<double>(v));
   return buf;
@@ -281,7 +282,7 @@ void FeatureTransform::Observe(const float* values, uint64_t rows) {
   for (uint64_t r = 0; r < rows; ++r) RowLocked(values + r * o.n_features, nullptr, false, false);
 }
 
-DriftSnapshot FeatureTransform::Snapshot() const {
+DriftSnapshot FeatureTransform::Snapshot() {
   DriftSnapshot s;
   const size_t n = options_.n_features;
   const size_t bins = std::max<uint32_t>(options_.bins, 1), stride = bins + 1;
@@ -289,6 +290,8 @@ DriftSnapshot FeatureTransform::Snapshot() const {
   s.missing.assign(n, 0);
   s.out_of_range.assign(n, 0);
   std::lock_guard<std::mutex> lock(mu_);
+  // A time-based window drops what has aged out even when no rows arrive.
+  if (options_.bins > 1 && options_.sub_window_ns > 0) AdvanceLocked(SteadyNowNs());
   for (size_t w = 0; w < rows_.size(); ++w) {
     s.rows += rows_[w];
     for (size_t f = 0; f < n; ++f)

@@ -4,8 +4,9 @@
 // Per feature f, for a value x of a row:
 //   non-finite (NaN, +-inf):  reject, or impute with impute[f] (counted as missing)
 //   outside [lo[f], hi[f]]:   reject, clip, or pass through (counted as out of range)
-//   drift:                    the raw value (after imputation/clipping) is counted
-//                             into its reference bin: bin = number of edges <= x
+//   drift:                    a finite value (after clipping) is counted into its
+//                             reference bin: bin = number of edges <= x; non-finite
+//                             values are counted as missing, never binned
 //   output:                   (x - offset[f]) * scale[f]
 //
 // A rejected request leaves no trace: validation runs first over the whole
@@ -17,7 +18,8 @@
 // O(features x bins) per sub-window, not per row.
 //
 // Thread-safety: Apply may be called concurrently (counting takes a short
-// lock per request); Snapshot and Reset too.
+// lock per request); Snapshot and Reset too. The bindings keep the GIL for
+// small calls (see kReleaseGilBytes there).
 #pragma once
 
 #include <cstdint>
@@ -70,7 +72,7 @@ class FeatureTransform {
   // model outputs: no policies apply, non-finite values count as missing).
   void Observe(const float* values, uint64_t rows);
 
-  DriftSnapshot Snapshot() const;
+  DriftSnapshot Snapshot();  // advances a time-based window first
   void Reset();
   const FeatureTransformOptions& options() const { return options_; }
 
