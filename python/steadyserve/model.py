@@ -5,14 +5,13 @@ against the model's signature and hand them to the native batcher, which copies
 them and returns at once. Executor threads (one per configured instance) block
 in ``Batcher.next_batch`` with the GIL released, run ONNX Runtime on the whole
 batch (GIL released again while it computes), and hand each request its own rows
-of the outputs: sync callers through a ``concurrent.futures.Future``, asyncio
+of the outputs: sync callers through a one-lock answer slot, asyncio
 callers through one ``call_soon_threadsafe`` per event loop per batch.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import itertools
 import logging
 import threading
@@ -117,11 +116,59 @@ class _Pending:
 
     def __init__(self, future, loop, outputs, start_ns):
         self.future = future
-        self.loop = loop  # None for sync callers (future is a concurrent.futures.Future)
+        self.loop = loop  # None for sync callers (future is a _SyncFuture)
         self.handle = None
         self.outputs = outputs
         self.start_ns = start_ns
         self.timer = None
+
+
+class _SyncFuture:
+    """The answer slot of a thread calling ``infer``: one lock, released by whoever
+    answers. (concurrent.futures.Future does the same with a Condition, at several
+    times the cost, on the executor's critical path.)"""
+
+    __slots__ = ("_lock", "_done", "_value", "_error")
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._done = False
+        self._value = None
+        self._error = None
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, value) -> None:
+        if not self._done:
+            self._value, self._done = value, True
+            self._lock.release()
+
+    def set_exception(self, error: BaseException) -> None:
+        if not self._done:
+            self._error, self._done = error, True
+            self._lock.release()
+
+    def result(self, timeout: float | None = None):
+        """The answer; raises TimeoutError if none came within ``timeout`` seconds."""
+        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise TimeoutError
+        self._lock.release()  # leave it open for a second call
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+class _RunContext:
+    """Per executor thread: the RunOptions and abort flag reused run after run
+    (a new pair only after a timeout fired, since ORT's terminate flag sticks)."""
+
+    __slots__ = ("run_options", "abort")
+
+    def __init__(self, backend, watched: bool):
+        self.run_options = backend.new_run_options() if watched else None
+        self.abort = threading.Event()
 
 
 def _resolve_in_loop(items: list) -> None:
@@ -508,13 +555,13 @@ class ServableModel:
         outputs: Sequence[str] | None = None,
     ) -> InferResult:
         """Run one request (thread-safe); concurrent callers share batches."""
-        future: concurrent.futures.Future = concurrent.futures.Future()
+        future = _SyncFuture()
         token, pending = self._submit(inputs, outputs, deadline_ns, priority, future, None)
         deadline = self._deadline(deadline_ns)
         timeout = None if not deadline else max(0.0, (deadline - time.monotonic_ns()) / 1e9)
         try:
             return future.result(timeout=timeout)
-        except concurrent.futures.TimeoutError:
+        except TimeoutError:
             if self._expire(token):
                 raise DeadlineExceededError(
                     f"model '{self.name}': deadline exceeded while queued"
@@ -579,6 +626,7 @@ class ServableModel:
 
     def _executor_loop(self) -> None:
         batcher = self._batcher
+        context = _RunContext(self._backend, self._watchdog is not None)
         while True:
             dispatched = batcher.next_batch(None)
             if dispatched is None:
@@ -590,7 +638,7 @@ class ServableModel:
                 self._answer_dropped(dropped)
             if rows:
                 try:
-                    self._execute(buffer, rows, tokens, offsets, counts, enqueue_ns, views)
+                    self._execute(buffer, rows, tokens, offsets, counts, enqueue_ns, views, context)
                 except BaseException:  # never let one batch kill the executor
                     log.exception("executor failed outside the model run")
             if stopped:
@@ -638,7 +686,7 @@ class ServableModel:
         )
         self._deliver([(self._pending.pop(int(t), None), error, True) for t in tokens])
 
-    def _execute(self, buffer, rows, tokens, offsets, counts, enqueue_ns, views) -> None:
+    def _execute(self, buffer, rows, tokens, offsets, counts, enqueue_ns, views, context) -> None:
         formed_ns = time.monotonic_ns()
         t0 = time.perf_counter_ns()
         feeds = {}
@@ -647,17 +695,18 @@ class ServableModel:
             shape = (rows, *row_shape) if self.max_batch_size > 0 else row_shape
             feeds[spec.name] = view.view(spec.dtype).reshape(shape)
         t1 = time.perf_counter_ns()
+        run_ns = 0
         error: SteadyServeError | None = None
         outputs: dict[str, np.ndarray] = {}
-        run_options = run_id = None
-        abort = threading.Event()
+        run_options, abort, run_id = context.run_options, context.abort, None
         if self._watchdog is not None:
-            run_options = self._backend.new_run_options()
             run_id = self._watchdog.begin(run_options, abort)
         try:
+            run_start = time.perf_counter_ns()  # an injected slowdown is part of the run
             if self.faults is not None:
                 self.faults.before_run(abort)
             outputs = self._backend.run(feeds, self._output_names, run_options)
+            run_ns = time.perf_counter_ns() - run_start
             if self.faults is not None:
                 outputs = self.faults.after_run(outputs)
             self._check_outputs(outputs)
@@ -674,17 +723,23 @@ class ServableModel:
         finally:
             if run_id is not None:
                 self._watchdog.end(run_id)
-        if abort.is_set() and error is not None:
-            error = ModelFailureError(
-                f"model '{self.name}' version {self.version}: execution ran past "
-                f"execution_timeout_ms {self._watchdog.timeout_s * 1000:g} and was terminated",
-                reason="execution_timeout",
-            )
         t2 = time.perf_counter_ns()
-        # The buffer is free again. A batch that failed fast says nothing about how long
-        # a batch takes, so only successful (or timed-out) runs teach the latency model.
-        timed_out = isinstance(error, ModelFailureError) and error.reason == "execution_timeout"
-        self._batcher.complete(buffer, rows, t2 - t1 if error is None or timed_out else -1)
+        timed_out = abort.is_set()
+        if timed_out:
+            context.run_options = self._backend.new_run_options()  # terminate sticks
+            context.abort = threading.Event()
+            if error is not None:
+                error = ModelFailureError(
+                    f"model '{self.name}' version {self.version}: execution ran past "
+                    f"execution_timeout_ms {self._watchdog.timeout_s * 1000:g} and was "
+                    f"terminated",
+                    reason="execution_timeout",
+                )
+        # The buffer is free again. The latency model learns the run itself (not the
+        # checks around it); a batch that failed fast says nothing about how long a
+        # batch takes, while a timed-out one says it took at least the timeout.
+        learned = run_ns if error is None else (t2 - t1 if timed_out else -1)
+        self._batcher.complete(buffer, rows, learned)
         if error is None and self.max_batch_size > 0:
             for name, out in outputs.items():
                 if out.ndim == 0 or out.shape[0] != rows:
@@ -718,19 +773,20 @@ class ServableModel:
             # batch hung), so no route will report the failure: tell the circuit directly.
             self.failure_listener(self.name, getattr(error, "reason", "execution_error"), orphans)
         self._deliver(deliveries)
-        self._record_batch(rows, formed_ns, enqueue_ns, t1 - t0, t2 - t1, t3 - t2, error)
+        self._record_batch(rows, formed_ns, enqueue_ns, t1 - t0, run_ns or (t2 - t1), t3 - t2, error)
 
     def _deliver(self, deliveries) -> None:
         """Answer requests: sync futures directly, each event loop once for the whole batch."""
         by_loop: dict[Any, list] = {}
         now = time.monotonic_ns()
+        succeeded = []
         for pending, value, failed in deliveries:
             if pending is None:
                 continue
             if failed:
                 self._record_failure(pending, value, now)
             else:
-                self._record_success(pending, now)
+                succeeded.append(now - pending.start_ns)
             if pending.loop is None:
                 if not pending.future.done():
                     if failed:
@@ -744,6 +800,8 @@ class ServableModel:
                 loop.call_soon_threadsafe(_resolve_in_loop, items)
             except RuntimeError:
                 log.warning("event loop closed before its answers could be delivered")
+        if succeeded:
+            self._record_successes(np.asarray(succeeded, dtype=np.int64))
 
     # ----------------------------------------------------------------- stats
 
@@ -753,18 +811,19 @@ class ServableModel:
             self._stats.refused[code] = self._stats.refused.get(code, 0) + 1
         self._metrics.request_done(code.lower())
 
-    def _record_success(self, pending: _Pending, now: int) -> None:
-        elapsed = now - pending.start_ns
-        within = self._slo_ns is None or elapsed <= self._slo_ns
+    def _record_successes(self, elapsed_ns: np.ndarray) -> None:
+        """One batch's answered requests, counted together."""
+        n = len(elapsed_ns)
+        missed = int((elapsed_ns > self._slo_ns).sum()) if self._slo_ns is not None else 0
         with self._stats_lock:
-            self._stats.success.add(elapsed)
-            if not within:
-                self._stats.slo_missed += 1
-            self._recent_latency_ns[self._recent_latency_n % _RECENT] = elapsed
-            self._recent_latency_n += 1
-        self._metrics.request_done("success", elapsed / 1e9)
+            self._stats.success.add(int(elapsed_ns.sum()), n)
+            self._stats.slo_missed += missed
+            slots = (self._recent_latency_n + np.arange(n)) % _RECENT
+            self._recent_latency_ns[slots] = elapsed_ns
+            self._recent_latency_n += n
+        self._metrics.requests_done("success", elapsed_ns / 1e9)
         if self._slo_ns is not None:
-            self._metrics.slo_result(within)
+            self._metrics.slo_results(n - missed, missed)
 
     def _record_failure(self, pending: _Pending, error: SteadyServeError, now: int | None = None):
         elapsed = (now or time.monotonic_ns()) - pending.start_ns
@@ -773,19 +832,18 @@ class ServableModel:
         self._metrics.request_done(error.grpc_code.lower(), elapsed / 1e9)
 
     def _record_batch(self, rows, formed_ns, enqueue_ns, input_ns, infer_ns, output_ns, error):
-        queue_ns = [formed_ns - int(e) for e in enqueue_ns]
+        queue_ns = np.maximum(formed_ns - enqueue_ns, 0)
+        n = len(queue_ns)
         with self._stats_lock:
             s = self._stats
-            for q in queue_ns:
-                self._recent_queue_ns[self._recent_queue_n % _RECENT] = q
-                self._recent_queue_n += 1
+            slots = (self._recent_queue_n + np.arange(n)) % _RECENT
+            self._recent_queue_ns[slots] = queue_ns
+            self._recent_queue_n += n
             s.execution_count += 1
             if error is None:
                 s.inference_count += rows
             s.last_inference_ms = int(time.time() * 1000)
-            for q in queue_ns:
-                s.queue.add(max(0, q))
-            n = len(queue_ns)
+            s.queue.add(int(queue_ns.sum()), n)
             s.compute_input.add(input_ns * n, n)
             s.compute_infer.add(infer_ns * n, n)
             s.compute_output.add(output_ns * n, n)
@@ -794,8 +852,7 @@ class ServableModel:
             b.compute_input_ns += input_ns
             b.compute_infer_ns += infer_ns
             b.compute_output_ns += output_ns
-        for q in queue_ns:
-            self._metrics.queue_duration.observe(max(0, q) / 1e9)
+        self._metrics.queue_duration.observe_many(queue_ns / 1e9)
         self._metrics.batch_done(rows, infer_ns / 1e9)
 
     def statistics(self) -> ModelStatistics:
