@@ -167,3 +167,52 @@ def make_repo(
         if configs and name in configs:
             (root / name / "config.yaml").write_text(yaml.safe_dump(dict(configs[name])))
     return root
+
+
+def write_tunable_compute(path: Path | str, width: int = 256, seed: int = 0) -> None:
+    """A model whose execution time the caller controls (for SLO and overload tests).
+
+    Inputs: "x" FP32 [batch, width] and "work" INT64 [batch, 1]. The batch runs
+    ``max(work)`` iterations of h = tanh(h @ W) on [batch, width] (an ONNX Loop), so one
+    request with a large ``work`` keeps the executor busy for as long as a test needs,
+    while requests with work 0 or 1 cost microseconds. Outputs: "y" FP32 [batch, 1], the
+    row sum of the final h, and "tag" FP32 [batch, 1] = x[:, 0] (lets a test tell answers
+    apart, e.g. to see the order in which requests were executed).
+    """
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+    body = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["h_in", "W"], ["hw"]),
+            helper.make_node("Tanh", ["hw"], ["h_out"]),
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+        ],
+        "step",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("h_in", TensorProto.FLOAT, ["batch", width]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("h_out", TensorProto.FLOAT, ["batch", width]),
+        ],
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMax", ["work"], ["trips"], keepdims=0),
+            helper.make_node("Loop", ["trips", "", "x"], ["h"], body=body),
+            helper.make_node("ReduceSum", ["h", "axis1"], ["y"], keepdims=1),
+            helper.make_node("Slice", ["x", "zero", "one", "one"], ["tag"]),
+        ],
+        "tunable_compute",
+        [_value("x", "FP32", [-1, width]), _value("work", "INT64", [-1, 1])],
+        [_value("y", "FP32", [-1, 1]), _value("tag", "FP32", [-1, 1])],
+        initializer=[
+            numpy_helper.from_array(w, "W"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+            numpy_helper.from_array(np.array([0], dtype=np.int64), "zero"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "one"),
+        ],
+    )
+    _save(path, graph)

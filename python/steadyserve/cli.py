@@ -93,6 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept `steadyserve fault` (inject errors, hangs, NaN outputs, slowdowns into a "
         "model, for failover drills); never in production",
     )
+    serve.add_argument(
+        "--max-concurrent-rpcs",
+        type=int,
+        metavar="N",
+        help="RPCs served at once; more are refused RESOURCE_EXHAUSTED (default: no limit)",
+    )
+    serve.add_argument(
+        "--max-pending-rpcs",
+        type=int,
+        metavar="N",
+        help="calls that may wait in gRPC's core while the server is busy; more are refused "
+        "RESOURCE_EXHAUSTED at once, before the server spends anything on them (default: "
+        "gRPC's own limit). For latency SLOs under overload: about the requests the server "
+        "answers in half the SLO, e.g. 8 (bursts larger than that are refused too)",
+    )
 
     fit = sub.add_parser(
         "fit",
@@ -169,6 +184,8 @@ _FLAG_OF = {
     "grace_s": "--grace-s",
     "log_level": "--log-level",
     "max_message_bytes": "--max-message-mb",
+    "max_concurrent_rpcs": "--max-concurrent-rpcs",
+    "max_pending_rpcs": "--max-pending-rpcs",
 }
 
 
@@ -235,6 +252,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             log_level=args.log_level,
             max_message_bytes=int(args.max_message_mb * MIB),
             allow_fault_injection=args.allow_fault_injection,
+            max_concurrent_rpcs=args.max_concurrent_rpcs,
+            max_pending_rpcs=args.max_pending_rpcs,
         )
     except ValidationError as exc:
         problems = "; ".join(

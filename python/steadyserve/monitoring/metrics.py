@@ -16,7 +16,10 @@ import logging
 import weakref
 from collections.abc import Iterator
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from .histogram import BatchedHistogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 log = logging.getLogger("steadyserve.monitoring.metrics")
@@ -42,19 +45,19 @@ class Metrics:
             labels + ["outcome"],
             registry=r,
         )
-        self.request_duration = Histogram(
+        self.request_duration = BatchedHistogram(
             "steadyserve_request_duration_seconds",
             "Time from a request reaching the model to its answer (queue + compute).",
             labels,
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
+            r,
         )
-        self.queue_duration = Histogram(
+        self.queue_duration = BatchedHistogram(
             "steadyserve_queue_duration_seconds",
             "Time a request waited in the batcher queue before its batch formed.",
             labels,
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
+            r,
         )
         self.compute_duration = Histogram(
             "steadyserve_compute_duration_seconds",
@@ -111,6 +114,14 @@ class Metrics:
             ["model", "reason"],
             registry=r,
         )
+        self.event_loop_lag = Histogram(
+            "steadyserve_event_loop_lag_seconds",
+            "How late the server's event loop ran a timer (sampled every 50 ms): how long "
+            "ready work waits for the server's Python thread. High lag means requests "
+            "queue before any model sees them.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
 
     def circuit_changed(self, model: str, state: str) -> None:
         self.circuit_state.labels(model).set({"closed": 0, "half_open": 1, "open": 2}[state])
@@ -144,6 +155,21 @@ class ModelMetrics:
         counter.inc()
         if duration_s is not None:
             self.request_duration.observe(duration_s)
+
+    def requests_done(self, outcome: str, durations_s: np.ndarray) -> None:
+        """A batch's worth of answers with the same outcome."""
+        counter = self._outcomes.get(outcome)
+        if counter is None:
+            counter = self._metrics.requests.labels(*self._labels, outcome)
+            self._outcomes[outcome] = counter
+        counter.inc(len(durations_s))
+        self.request_duration.observe_many(durations_s)
+
+    def slo_results(self, met: int, missed: int) -> None:
+        if met:
+            self.slo_met.inc(met)
+        if missed:
+            self.slo_missed.inc(missed)
 
     def slo_result(self, within: bool) -> None:
         (self.slo_met if within else self.slo_missed).inc()

@@ -34,6 +34,7 @@ log = logging.getLogger("steadyserve.server")
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+LAG_PROBE_S = 0.05  # how often the event loop's lag is sampled
 
 
 class StartupError(SteadyServeError):
@@ -73,6 +74,7 @@ class Server:
         self._grpc: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
         self._health_task: asyncio.Task | None = None
+        self._lag_task: asyncio.Task | None = None
         self._stopping = False
 
     # -- start ---------------------------------------------------------------------------
@@ -84,7 +86,15 @@ class Server:
             ("grpc.max_send_message_length", s.max_message_bytes),
             ("grpc.so_reuseport", 1 if s.reuse_port else 0),
         ]
-        server = grpc.aio.server(options=options)
+        if s.max_pending_rpcs is not None:
+            # gRPC core's own backlog of calls not yet taken by the server (random early
+            # drop from the soft limit, refuse all at the hard one): refusals that cost no
+            # Python, so overload is shed before it reaches the event loop.
+            options += [
+                ("grpc.server.max_pending_requests", max(0, s.max_pending_rpcs // 2)),
+                ("grpc.server.max_pending_requests_hard_limit", s.max_pending_rpcs),
+            ]
+        server = grpc.aio.server(options=options, maximum_concurrent_rpcs=s.max_concurrent_rpcs)
         add_inference_service(self._servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -125,6 +135,7 @@ class Server:
         self._http = runner
         self.http_port = int(runner.addresses[0][1])
         self._health_task = asyncio.create_task(self._health_loop(), name="health-refresh")
+        self._lag_task = asyncio.create_task(self._lag_loop(), name="loop-lag")
         log.info(
             "server started",
             extra={
@@ -148,6 +159,16 @@ class Server:
         await self._health.set(
             health.OVERALL_HEALTH, SERVING if self.runtime.ready() else NOT_SERVING
         )
+
+    async def _lag_loop(self) -> None:
+        """Event-loop lag: how late a timer runs is how long ready work waits for the
+        server's one Python thread (steadyserve_event_loop_lag_seconds)."""
+        histogram = self.runtime.metrics.event_loop_lag
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            t = loop.time()
+            await asyncio.sleep(LAG_PROBE_S)
+            histogram.observe(max(0.0, loop.time() - t - LAG_PROBE_S))
 
     async def _health_loop(self) -> None:
         while not self._stopping:
@@ -252,10 +273,11 @@ class Server:
         log.info("shutting down", extra={"grace_s": self.settings.grace_s})
         self._servicer.begin_shutdown()
         await self._health.enter_graceful_shutdown()
-        if self._health_task is not None:
-            self._health_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._health_task
+        for task in (self._health_task, self._lag_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._grpc is not None:
             # Stops accepting at once; in-flight RPCs get up to grace_s to finish.
             await self._grpc.stop(self.settings.grace_s)

@@ -21,7 +21,7 @@ from google.protobuf import message as _pb_message
 from google.protobuf import message_factory
 
 from .._proto import grpc_predict_v2_pb2 as pb
-from ..errors import InvalidArgumentError, NotFoundError, UnavailableError
+from ..errors import InvalidArgumentError, NotFoundError, SteadyServeError, UnavailableError
 from . import codec
 from .status import abort_with
 
@@ -302,6 +302,10 @@ def _unary_handler(name: str, impl: Callable[..., Awaitable], request_cls, respo
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception as exc:
+            if isinstance(exc, SteadyServeError) and context.time_remaining() == 0:
+                # The gRPC deadline has passed: gRPC answers DEADLINE_EXCEEDED itself, and an
+                # abort now would fail (and be logged as an error, costly under overload).
+                raise asyncio.CancelledError() from None
             await abort_with(context, exc, method=name)
 
     return grpc.unary_unary_rpc_method_handler(

@@ -31,6 +31,24 @@ class ServerSettings(BaseModel):
     health_poll_s: float = Field(
         default=1.0, gt=0.0, le=60.0, description="how often model readiness is re-read"
     )
+    max_concurrent_rpcs: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="RPCs served at once (None: no limit); gRPC refuses more with "
+        "RESOURCE_EXHAUSTED at once. A memory bound, not a latency one: each refusal still "
+        "costs the event loop (see max_pending_rpcs)",
+    )
+    max_pending_rpcs: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="calls allowed to wait in gRPC's core while the server's event loop is "
+        "busy (None: gRPC's own defaults); beyond it gRPC refuses RESOURCE_EXHAUSTED at "
+        "once and from half of it on at random (early drop), before the server spends "
+        "anything on them. Small values keep latency SLOs under overload but refuse "
+        "bursts larger than the server takes in at once",
+    )
     allow_fault_injection: bool = Field(
         default=False,
         description="accept POST /v2/models/{name}/fault (drills and tests); off in production",

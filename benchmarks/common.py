@@ -1,0 +1,323 @@
+"""Shared helpers for the benchmark scripts in this folder.
+
+The scripts are run as files (``python benchmarks/grpc_load.py``), so the folder is on
+``sys.path`` and they import this module by its plain name.
+
+Nothing here imports ``steadyserve.server`` or ``steadyserve._proto``: the benchmark
+processes use tritonclient's protobuf messages, and protobuf's default descriptor pool
+cannot hold both sets of ``inference.*`` messages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+MODEL = "tabular"
+INPUT = "features"
+OUTPUT = "probabilities"
+N_FEATURES = 32
+N_CLASSES = 2
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def loadavg() -> list[float]:
+    """The 1, 5 and 15 minute load averages (as `uptime` shows them)."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def machine_info() -> dict[str, object]:
+    info: dict[str, object] = {
+        "nproc": os.cpu_count(),
+        "sched_affinity": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg_at_start": loadavg(),
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    for mod in ("onnxruntime", "grpc", "google.protobuf", "numpy", "tritonclient"):
+        try:
+            m = __import__(mod, fromlist=["__version__"])
+            info[f"{mod}_version"] = getattr(m, "__version__", "?")
+        except ImportError:
+            info[f"{mod}_version"] = None
+    try:
+        out = subprocess.run(["h2load", "--version"], capture_output=True, text=True, timeout=5)
+        info["h2load_version"] = out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        info["h2load_version"] = None
+    return info
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by process `pid` (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    # fields[0] is field 3 (state); utime is field 14, stime field 15.
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """{native thread id: user + system CPU seconds} of every thread of process `pid`."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
+def thread_ctx_switches(pid: int) -> dict[int, int]:
+    """{native thread id: voluntary + involuntary context switches} of process `pid`."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            text = (task / "status").read_text()
+        except OSError:
+            continue
+        out[int(task.name)] = sum(
+            int(line.split()[1]) for line in text.splitlines() if "ctxt_switches" in line
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def percentiles(samples_s: list[float] | np.ndarray, ps=(50, 90, 99, 99.9)) -> dict[str, float]:
+    """Latency percentiles in milliseconds (plus min / mean / max) of samples in seconds."""
+    a = np.asarray(samples_s, dtype=np.float64)
+    if a.size == 0:
+        return {}
+    out = {"n": int(a.size), "min_ms": a.min() * 1e3, "mean_ms": a.mean() * 1e3}
+    for p in ps:
+        out[f"p{p:g}_ms"] = float(np.percentile(a, p)) * 1e3
+    out["max_ms"] = a.max() * 1e3
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Median, min, max and relative spread ((max-min)/median) of repeated measurements."""
+    if not values:
+        return {}
+    med = statistics.median(values)
+    lo, hi = min(values), max(values)
+    return {
+        "median": round(med, 4),
+        "min": round(lo, 4),
+        "max": round(hi, 4),
+        "spread_pct": round(100.0 * (hi - lo) / med, 1) if med else 0.0,
+        "values": [round(v, 4) for v in values],
+    }
+
+
+# --------------------------------------------------------------------------- model + data
+
+
+def make_rows(n: int, seed: int = 0) -> np.ndarray:
+    """`n` single-row inputs, shape [n, 1, 32] FP32, deterministic."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 1, N_FEATURES)).astype(np.float32)
+
+
+def write_stand_in_tabular(path: Path) -> Path:
+    """An MLP with the demo model's signature (32 -> 64 relu -> 32 relu -> 2 softmax).
+
+    Only for proving the benchmark tools while ``steadyserve.demo`` is not there; results
+    say ``"model_source": "stand-in"`` when it was used.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1234)
+    w1 = rng.standard_normal((32, 64)).astype(np.float32) * 0.2
+    b1 = np.zeros(64, np.float32)
+    w2 = rng.standard_normal((64, 32)).astype(np.float32) * 0.2
+    b2 = np.zeros(32, np.float32)
+    w3 = rng.standard_normal((32, 2)).astype(np.float32) * 0.2
+    b3 = np.zeros(2, np.float32)
+    inits = [
+        numpy_helper.from_array(a, n)
+        for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"), (w3, "w3"), (b3, "b3"))
+    ]
+    nodes = [
+        helper.make_node("Gemm", [INPUT, "w1", "b1"], ["h1"]),
+        helper.make_node("Relu", ["h1"], ["r1"]),
+        helper.make_node("Gemm", ["r1", "w2", "b2"], ["h2"]),
+        helper.make_node("Relu", ["h2"], ["r2"]),
+        helper.make_node("Gemm", ["r2", "w3", "b3"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], [OUTPUT], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tabular_stand_in",
+        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["batch", N_FEATURES])],
+        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", N_CLASSES])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+@dataclass
+class DemoRepo:
+    root: Path
+    model_path: Path  # REPO/tabular/<version>/model.onnx
+    source: str  # "steadyserve.demo" or "stand-in"
+    config_text: str | None
+
+
+def build_demo_repo(root: Path, allow_stand_in: bool = False) -> DemoRepo:
+    """The demo repository via ``steadyserve.demo.build_demo_repository`` (in-process; that
+    module does not touch the protobuf pool), or a stand-in model if allowed."""
+    try:
+        from steadyserve.demo import build_demo_repository
+    except ImportError:
+        if not allow_stand_in:
+            raise
+        model_path = write_stand_in_tabular(root / MODEL / "1" / "model.onnx")
+        return DemoRepo(root, model_path, "stand-in", None)
+    repo = Path(build_demo_repository(root))
+    versions = sorted(
+        (p for p in (repo / MODEL).iterdir() if p.name.isdigit() and (p / "model.onnx").exists()),
+        key=lambda p: int(p.name),
+    )
+    cfg = repo / MODEL / "config.yaml"
+    return DemoRepo(
+        repo,
+        versions[-1] / "model.onnx",
+        "steadyserve.demo",
+        cfg.read_text() if cfg.exists() else None,
+    )
+
+
+def override_config(repo: Path, overrides: list[str], model: str = MODEL) -> str | None:
+    """Apply `key.path=value` overrides (YAML values) to REPO/<model>/config.yaml; returns
+    the new text. E.g. ``batching.max_queue_delay_us=500``, ``instances=2``."""
+    if not overrides:
+        return None
+    import yaml
+
+    path = repo / model / "config.yaml"
+    cfg = yaml.safe_load(path.read_text()) if path.exists() else {}
+    cfg = cfg or {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"config override must look like key.path=value, got {item!r}")
+        node = cfg
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    text = yaml.safe_dump(cfg, sort_keys=False)
+    path.write_text(text)
+    return text
+
+
+# --------------------------------------------------------------------------- ONNX Runtime
+
+ORT_SETTINGS = {
+    "intra_op_num_threads": 1,
+    "inter_op_num_threads": 1,
+    "session.intra_op.allow_spinning": "0",
+    "session.inter_op.allow_spinning": "0",
+    "execution_mode": "ORT_SEQUENTIAL",
+    "graph_optimization_level": "ORT_ENABLE_ALL",
+}
+
+
+def ort_session(model_path: Path):
+    """An InferenceSession with the settings steadyserve uses by default (see README):
+    one intra-op and one inter-op thread, no spin-waiting, sequential execution."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+
+
+def ort_rows_per_s(
+    session, batch_size: int, min_time_s: float = 0.3, rounds: int = 3, seed: int = 0
+) -> dict:
+    """Raw ONNX Runtime throughput at one batch size: timed single-thread loops of
+    ``session.run`` on a fixed [batch_size, 32] input (the compute limit).
+
+    Runs `rounds` rounds of at least `min_time_s` and keeps the best: on a shared machine
+    noise only ever slows a loop down, so the best round is the closest to the limit.
+    """
+    x = np.random.default_rng(seed).standard_normal((batch_size, N_FEATURES)).astype(np.float32)
+    feeds = {INPUT: x}
+    for _ in range(50):
+        session.run(None, feeds)
+    per_round = []
+    medians = []
+    for _ in range(rounds):
+        samples = []
+        t0 = time.perf_counter()
+        t_end = t0 + min_time_s
+        while True:
+            a = time.perf_counter()
+            session.run(None, feeds)
+            b = time.perf_counter()
+            samples.append(b - a)
+            if b >= t_end:
+                break
+        per_round.append(len(samples) / (time.perf_counter() - t0))
+        medians.append(float(np.median(samples)))
+    best = max(per_round)
+    return {
+        "batch_size": batch_size,
+        "run_us_median": round(min(medians) * 1e6, 2),
+        "runs_per_s": round(best, 1),
+        "rows_per_s": round(best * batch_size, 1),
+        "rows_per_s_rounds": [round(r * batch_size, 1) for r in per_round],
+    }
+
+
+# --------------------------------------------------------------------------- output
+
+
+def write_json(obj: object, name: str) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / name
+    path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    return path
+
+
+def stamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def eprint(*args: object) -> None:
+    print(*args, file=sys.stderr, flush=True)
