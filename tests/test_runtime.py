@@ -257,3 +257,71 @@ def test_close_drains_accepted_requests(repo):
 def test_runtime_refuses_unknown_model_selection(repo):
     with pytest.raises(steadyserve.ConfigError, match="no model named missing"):
         steadyserve.Runtime(repo, models=["missing"])
+
+
+# -- execution mode ---------------------------------------------------------------------
+
+
+def _inline_repo(root, configs):
+    from onnx_models import write_tunable_compute
+
+    return make_repo(
+        root,
+        {
+            "fast": functools.partial(write_linear, n_in=4, n_out=3, seed=1),
+            "tunable": functools.partial(write_tunable_compute, width=64),
+        },
+        configs=configs,
+    )
+
+
+def test_fast_model_runs_inline_and_threads_when_asked(tmp_path):
+    repo = _inline_repo(tmp_path, {"tunable": {"execution": "threads"}})
+    with steadyserve.Runtime(repo) as rt:
+        fast, tunable = rt.get_model("fast"), rt.get_model("tunable")
+        assert fast.inline and not tunable.inline
+        before = {t.name for t in threading.enumerate()}
+        x = np.ones((1, 4), np.float32)
+        first, second = rt.infer("fast", {"x": x}), rt.infer("fast", {"x": x})
+        np.testing.assert_array_equal(first["y"], second["y"])
+
+        async def many():
+            return await asyncio.gather(
+                *[rt.infer_async("fast", {"x": np.full((1, 4), i, np.float32)}) for i in range(50)]
+            )
+
+        answers = asyncio.run(many())
+        assert [float(a["y"][0, 0]) for a in answers] == [
+            float(rt.infer("fast", {"x": np.full((1, 4), i, np.float32)})["y"][0, 0])
+            for i in range(50)
+        ]
+        # Inline: the 50 requests submitted in one loop iteration shared batches, and no
+        # executor thread was started for the fast model.
+        assert fast.statistics().execution_count < fast.statistics().inference_count
+        started = {t.name for t in threading.enumerate()} - before
+        assert not any("exec-fast" in name for name in started)
+
+
+def test_inline_model_moves_to_threads_after_a_long_batch(tmp_path):
+    """Warm-up (work 0) saw a fast model, so `auto` chose inline; a request whose input
+    makes a batch run long moves the model to executor threads for good."""
+    repo = _inline_repo(tmp_path, {})
+    with steadyserve.Runtime(repo) as rt:
+        model = rt.get_model("tunable")
+        assert model.inline
+        x = np.zeros((1, 64), np.float32)
+        rt.infer("tunable", {"x": x, "work": np.full((1, 1), 20000, np.int64)})
+        assert not model.inline
+        assert any("exec-tunable" in t.name for t in threading.enumerate())
+        out = rt.infer("tunable", {"x": x, "work": np.zeros((1, 1), np.int64)})
+        assert out["y"].shape == (1, 1)
+
+
+def test_inline_execution_config_rules(tmp_path):
+    repo = _inline_repo(
+        tmp_path,
+        {"fast": {"execution": "inline", "batching": {"max_queue_delay_us": 100}}},
+    )
+    with steadyserve.Runtime(repo) as rt:
+        reason = next(e.reason for e in rt.model_index() if e.name == "fast")
+        assert "execution" in reason and "max_queue_delay_us: 0" in reason

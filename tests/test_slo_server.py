@@ -37,6 +37,9 @@ def _config(max_batch_size: int = 8, *, slo: dict | None = None, **batching) -> 
         "max_batch_size": max_batch_size,
         "batching": {"max_queue_delay_us": 0, **batching},
         "slo": slo or {},
+        # The model's cost depends on its input (warm-up sees a fast model): keep its
+        # batches off the event loop, where a long one would stall every answer.
+        "execution": "threads",
     }
 
 

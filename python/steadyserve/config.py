@@ -388,6 +388,13 @@ class ModelConfig(_Section):
     instances: int = Field(
         1, ge=1, le=MAX_INSTANCES, description=f"executor threads, 1..{MAX_INSTANCES}"
     )
+    execution: Literal["auto", "threads", "inline"] = Field(
+        "auto",
+        description="'threads': executor threads run the batches; 'inline': the thread that "
+        "submitted (the server's event loop, or an in-process caller) runs each ready batch "
+        "itself, with no thread hand-off (for fast models; needs max_queue_delay_us 0 and "
+        "instances 1); 'auto': inline for a fast model that fits those rules, else threads",
+    )
     onnxruntime: OnnxRuntimeConfig = Field(
         default_factory=OnnxRuntimeConfig, description="a mapping of ONNX Runtime session settings"
     )
@@ -433,6 +440,13 @@ class ModelConfig(_Section):
     @model_validator(mode="after")
     def _batching_fits(self) -> ModelConfig:
         b = self.batching
+        if self.execution == "inline" and (b.max_queue_delay_us or self.instances != 1):
+            raise _rule_error(
+                "execution",
+                self.execution,
+                "inline execution runs a batch as soon as it is ready, so it needs "
+                "batching.max_queue_delay_us: 0 and instances: 1 (or use execution: threads)",
+            )
         if self.max_batch_size == 0:
             why = "max_batch_size is 0 (the model does not batch)"
             fix = (

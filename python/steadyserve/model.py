@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -43,6 +44,10 @@ log = logging.getLogger("steadyserve.model")
 
 PLATFORM = "onnxruntime_onnx"
 _RECENT = 4096  # requests kept for in-process percentiles
+# execution: auto runs batches inline when the largest batch takes at most this long.
+INLINE_MAX_BATCH_NS = 1_000_000
+# ... and leaves inline execution for threads after a batch that ran longer than this.
+INLINE_LEAVE_NS = 5_000_000
 # A cancellation this close to the request's deadline is the caller giving up at its
 # deadline (client and server clocks see a gRPC deadline a transit time apart).
 _CANCEL_AT_DEADLINE_NS = 5_000_000
@@ -182,6 +187,12 @@ def _resolve_in_loop(items: list) -> None:
             future.set_result(value)
 
 
+def _ring_write(ring: np.ndarray, start: int, values: list[int]) -> None:
+    size = len(ring)
+    for i, value in enumerate(values):
+        ring[(start + i) % size] = value
+
+
 def _batched_specs(name: str, specs: list[TensorSpec], max_batch_size: int, kind: str):
     """Check the signature can be served as configured; return per-tensor row shapes."""
     row_shapes = {}
@@ -294,6 +305,9 @@ class ServableModel:
         self._threads: list[threading.Thread] = []
         self.ready = False
         self._closed = False
+        self.inline = False  # decided by start()
+        self._inline_context: _RunContext | None = None
+        self._drain_scheduled = False
 
     # ----------------------------------------------------------------- contracts
 
@@ -383,12 +397,25 @@ class ServableModel:
 
     # ----------------------------------------------------------------- lifecycle
 
-    def start(self, warmup: bool = True) -> None:
-        """Warm up (seeding the latency model), start the executors, become ready."""
+    def start(self, warmup: bool = True, allow_inline: bool = True) -> None:
+        """Warm up (seeding the latency model), start the executors, become ready.
+
+        ``allow_inline`` False keeps ``execution: auto`` on threads (the runtime does
+        this when faults may be injected: a hang must not block the event loop).
+        """
         if warmup:
             self._warmup()
         if self._execution_timeout_ms:
             self._watchdog = ExecutionWatchdog(self.name, self._execution_timeout_ms / 1000.0)
+        self.inline = self._choose_inline(allow_inline)
+        if self.inline:
+            self._inline_context = _RunContext(self._backend, self._watchdog is not None)
+        else:
+            self._start_executors()
+        self.ready = True
+        self._metrics.ready.set(1)
+
+    def _start_executors(self) -> None:
         for i in range(int(self.config.instances)):
             thread = threading.Thread(
                 target=self._executor_loop,
@@ -397,8 +424,33 @@ class ServableModel:
             )
             thread.start()
             self._threads.append(thread)
-        self.ready = True
-        self._metrics.ready.set(1)
+
+    def _leave_inline(self, run_ns: int) -> None:
+        """An inline batch ran long (the model's cost depends on its input, or the machine
+        slowed down): from now on executor threads run the batches, off the caller's
+        thread (the server's event loop)."""
+        if not self.inline or self.config.execution == "inline":
+            return
+        self.inline = False
+        log.warning(
+            "batch ran %.1f ms inline: moving execution to executor threads",
+            run_ns / 1e6,
+            extra={"model": self.name, "version": self.version},
+        )
+        self._start_executors()
+
+    def _choose_inline(self, allow_inline: bool) -> bool:
+        mode = self.config.execution
+        if mode != "auto":
+            return mode == "inline"
+        # A batch small enough to run on the event loop without stalling it noticeably.
+        largest = max(1, self.max_batch_size)
+        return (
+            allow_inline
+            and self.config.batching.max_queue_delay_us == 0
+            and self.config.instances == 1
+            and 0 < self._batcher.estimate_ns(largest) <= INLINE_MAX_BATCH_NS
+        )
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Stop accepting, execute everything already accepted, join the executors."""
@@ -408,6 +460,8 @@ class ServableModel:
         self.ready = False
         self._metrics.ready.set(0)
         self._batcher.stop()
+        if self.inline:
+            self._drain()  # what is still queued runs here
         deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self._threads:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
@@ -557,6 +611,8 @@ class ServableModel:
         """Run one request (thread-safe); concurrent callers share batches."""
         future = _SyncFuture()
         token, pending = self._submit(inputs, outputs, deadline_ns, priority, future, None)
+        if self.inline:
+            self._drain()  # run it (and whatever else is ready) in this thread
         deadline = self._deadline(deadline_ns)
         timeout = None if not deadline else max(0.0, (deadline - time.monotonic_ns()) / 1e9)
         try:
@@ -580,6 +636,9 @@ class ServableModel:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         token, pending = self._submit(inputs, outputs, deadline_ns, priority, future, loop)
+        if self.inline and not self._drain_scheduled:
+            self._drain_scheduled = True
+            loop.call_soon(self._drain_soon)
         deadline = self._deadline(deadline_ns)
         if deadline:
             # asyncio's clock is time.monotonic, the core's is the same monotonic clock.
@@ -629,47 +688,67 @@ class ServableModel:
         context = _RunContext(self._backend, self._watchdog is not None)
         while True:
             dispatched = batcher.next_batch(None)
-            if dispatched is None:
-                continue
-            (buffer, rows, tokens, offsets, counts, enqueue_ns, views, dropped, _codes, stopped) = (
-                dispatched
-            )
-            if len(dropped):
-                self._answer_dropped(dropped)
-            if rows:
-                try:
-                    self._execute(buffer, rows, tokens, offsets, counts, enqueue_ns, views, context)
-                except BaseException:  # never let one batch kill the executor
-                    log.exception("executor failed outside the model run")
-            if stopped:
+            if dispatched is not None and self._handle(dispatched, context):
                 return
 
+    def _drain(self) -> None:
+        """Inline execution: run every batch that is ready now, in this thread."""
+        batcher = self._batcher
+        while True:
+            dispatched = batcher.next_batch(0)
+            if dispatched is None or self._handle(dispatched, self._inline_context):
+                return
+
+    def _drain_soon(self) -> None:
+        # Scheduled with call_soon after a submit: by now every request that reached the
+        # loop in the same iteration is queued, so they share this batch.
+        self._drain_scheduled = False
+        self._drain()
+
+    def _handle(self, dispatched, context) -> bool:
+        """Answer a dispatch (expired requests, a batch); True when the batcher has stopped."""
+        (buffer, rows, tokens, offsets, counts, enqueue_ns, views, dropped, _codes, stopped) = (
+            dispatched
+        )
+        if len(dropped):
+            self._answer_dropped(dropped)
+        if rows:
+            try:
+                self._execute(buffer, rows, tokens, offsets, counts, enqueue_ns, views, context)
+            except BaseException:  # never let one batch kill the executor
+                log.exception("executor failed outside the model run")
+        return bool(stopped)
+
     def _check_outputs(self, outputs: dict[str, np.ndarray]) -> None:
-        """failover.output_checks: a batch with a bad output fails as a whole."""
+        """failover.output_checks: a batch with a bad output fails as a whole.
+
+        Two reductions per output cover both checks (min and max are NaN when any
+        value is, and +-inf show up in them); the offending value is only looked for
+        once a check has failed.
+        """
         for check in self._output_checks:
             out = outputs.get(check.name)
-            if out is None or out.dtype.kind != "f":
+            if out is None or out.dtype.kind != "f" or out.size == 0:
                 continue
-            if check.finite and not np.isfinite(out).all():
+            low, high = float(out.min()), float(out.max())
+            finite = math.isfinite(low) and math.isfinite(high)
+            if check.finite and not finite:
                 bad = np.argwhere(~np.isfinite(out))[0]
                 raise ModelFailureError(
                     f"model '{self.name}' version {self.version}: output '{check.name}' has a "
                     f"non-finite value {out[tuple(bad)].item()!r} at {bad.tolist()}",
                     reason="bad_output",
                 )
-            outside = None
-            if check.min is not None:
-                outside = out < check.min
-            if check.max is not None:
-                above = out > check.max
-                outside = above if outside is None else outside | above
-            if outside is not None and outside.any():
+            below = check.min is not None and low < check.min
+            above = check.max is not None and high > check.max
+            if below or above:
+                outside = (out < check.min) if below else (out > check.max)
                 bad = np.argwhere(outside)[0]
-                low = "-inf" if check.min is None else f"{check.min:g}"
-                high = "inf" if check.max is None else f"{check.max:g}"
+                lo = "-inf" if check.min is None else f"{check.min:g}"
+                hi = "inf" if check.max is None else f"{check.max:g}"
                 raise ModelFailureError(
                     f"model '{self.name}' version {self.version}: output '{check.name}' value "
-                    f"{float(out[tuple(bad)]):g} at {bad.tolist()} is outside [{low}, {high}]",
+                    f"{float(out[tuple(bad)]):g} at {bad.tolist()} is outside [{lo}, {hi}]",
                     reason="bad_output",
                 )
 
@@ -740,6 +819,8 @@ class ServableModel:
         # batch takes, while a timed-out one says it took at least the timeout.
         learned = run_ns if error is None else (t2 - t1 if timed_out else -1)
         self._batcher.complete(buffer, rows, learned)
+        if self.inline and (run_ns > INLINE_LEAVE_NS or timed_out):
+            self._leave_inline(run_ns or (t2 - t1))
         if error is None and self.max_batch_size > 0:
             for name, out in outputs.items():
                 if out.ndim == 0 or out.shape[0] != rows:
@@ -780,6 +861,10 @@ class ServableModel:
         by_loop: dict[Any, list] = {}
         now = time.monotonic_ns()
         succeeded = []
+        try:
+            here = asyncio.get_running_loop()  # inline execution on an event loop
+        except RuntimeError:
+            here = None
         for pending, value, failed in deliveries:
             if pending is None:
                 continue
@@ -796,12 +881,15 @@ class ServableModel:
             else:
                 by_loop.setdefault(pending.loop, []).append((pending.future, value, failed))
         for loop, items in by_loop.items():
+            if loop is here:
+                _resolve_in_loop(items)
+                continue
             try:
                 loop.call_soon_threadsafe(_resolve_in_loop, items)
             except RuntimeError:
                 log.warning("event loop closed before its answers could be delivered")
         if succeeded:
-            self._record_successes(np.asarray(succeeded, dtype=np.int64))
+            self._record_successes(succeeded)
 
     # ----------------------------------------------------------------- stats
 
@@ -811,17 +899,18 @@ class ServableModel:
             self._stats.refused[code] = self._stats.refused.get(code, 0) + 1
         self._metrics.request_done(code.lower())
 
-    def _record_successes(self, elapsed_ns: np.ndarray) -> None:
-        """One batch's answered requests, counted together."""
+    def _record_successes(self, elapsed_ns: list[int]) -> None:
+        """One batch's answered requests, counted together (plain Python: batches are
+        often a few rows, where numpy's per-call cost is larger than the work)."""
         n = len(elapsed_ns)
-        missed = int((elapsed_ns > self._slo_ns).sum()) if self._slo_ns is not None else 0
+        slo = self._slo_ns
+        missed = sum(1 for e in elapsed_ns if e > slo) if slo is not None else 0
         with self._stats_lock:
-            self._stats.success.add(int(elapsed_ns.sum()), n)
+            self._stats.success.add(sum(elapsed_ns), n)
             self._stats.slo_missed += missed
-            slots = (self._recent_latency_n + np.arange(n)) % _RECENT
-            self._recent_latency_ns[slots] = elapsed_ns
+            _ring_write(self._recent_latency_ns, self._recent_latency_n, elapsed_ns)
             self._recent_latency_n += n
-        self._metrics.requests_done("success", elapsed_ns / 1e9)
+        self._metrics.requests_done("success", [e / 1e9 for e in elapsed_ns])
         if self._slo_ns is not None:
             self._metrics.slo_results(n - missed, missed)
 
@@ -832,18 +921,17 @@ class ServableModel:
         self._metrics.request_done(error.grpc_code.lower(), elapsed / 1e9)
 
     def _record_batch(self, rows, formed_ns, enqueue_ns, input_ns, infer_ns, output_ns, error):
-        queue_ns = np.maximum(formed_ns - enqueue_ns, 0)
+        queue_ns = [max(0, formed_ns - e) for e in enqueue_ns.tolist()]
         n = len(queue_ns)
         with self._stats_lock:
             s = self._stats
-            slots = (self._recent_queue_n + np.arange(n)) % _RECENT
-            self._recent_queue_ns[slots] = queue_ns
+            _ring_write(self._recent_queue_ns, self._recent_queue_n, queue_ns)
             self._recent_queue_n += n
             s.execution_count += 1
             if error is None:
                 s.inference_count += rows
             s.last_inference_ms = int(time.time() * 1000)
-            s.queue.add(int(queue_ns.sum()), n)
+            s.queue.add(sum(queue_ns), n)
             s.compute_input.add(input_ns * n, n)
             s.compute_infer.add(infer_ns * n, n)
             s.compute_output.add(output_ns * n, n)
@@ -852,7 +940,7 @@ class ServableModel:
             b.compute_input_ns += input_ns
             b.compute_infer_ns += infer_ns
             b.compute_output_ns += output_ns
-        self._metrics.queue_duration.observe_many(queue_ns / 1e9)
+        self._metrics.queue_duration.observe_many([q / 1e9 for q in queue_ns])
         self._metrics.batch_done(rows, infer_ns / 1e9)
 
     def statistics(self) -> ModelStatistics:

@@ -106,7 +106,10 @@ class Runtime:
                         faults=FaultInjector(source.name) if self.allow_fault_injection else None,
                     )
                     model.failure_listener = self.router.unanswered_failures
-                    model.start(warmup=warmup and source.config.onnxruntime.warmup)
+                    model.start(
+                        warmup=warmup and source.config.onnxruntime.warmup,
+                        allow_inline=not self.allow_fault_injection,
+                    )
                 except BaseException:
                     backend.close()
                     raise

@@ -8,6 +8,7 @@ prometheus_client histogram (``_bucket``/``_sum``/``_count``).
 
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 from collections.abc import Sequence
@@ -16,37 +17,53 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import HistogramMetricFamily
 
+_SMALL = 32  # up to this many observations, plain Python is cheaper than numpy
+
 
 class _Child:
-    __slots__ = ("_bounds", "_counts", "_sum", "_lock")
+    __slots__ = ("_bounds", "_bounds_list", "_counts", "_sum", "_lock")
 
     def __init__(self, bounds: np.ndarray):
         self._bounds = bounds
-        self._counts = np.zeros(len(bounds), dtype=np.int64)
+        self._bounds_list = bounds.tolist()
+        self._counts = [0] * len(bounds)
         self._sum = 0.0
         self._lock = threading.Lock()
 
     def observe(self, value: float) -> None:
-        index = int(np.searchsorted(self._bounds, value, side="left"))
+        # 'le' buckets: a value equal to a bound belongs to that bound's bucket.
+        index = bisect.bisect_left(self._bounds_list, value)
         with self._lock:
             self._counts[index] += 1
             self._sum += value
 
-    def observe_many(self, values: np.ndarray) -> None:
-        if values.size == 0:
+    def observe_many(self, values) -> None:
+        """A list or array of observations: plain Python for a few (numpy's per-call
+        cost is larger than the work then), one numpy pass for many."""
+        n = len(values)
+        if n == 0:
             return
-        # 'le' buckets: a value equal to a bound belongs to that bound's bucket.
+        if n <= _SMALL:
+            bounds = self._bounds_list
+            indexes = [bisect.bisect_left(bounds, v) for v in values]
+            total = float(sum(values))
+            with self._lock:
+                for i in indexes:
+                    self._counts[i] += 1
+                self._sum += total
+            return
+        array = np.asarray(values, dtype=np.float64)
         counts = np.bincount(
-            np.searchsorted(self._bounds, values, side="left"), minlength=len(self._bounds)
-        )
-        total = float(values.sum())
+            np.searchsorted(self._bounds, array, side="left"), minlength=len(self._bounds)
+        ).tolist()
+        total = float(array.sum())
         with self._lock:
-            self._counts += counts
+            self._counts = [a + b for a, b in zip(self._counts, counts)]
             self._sum += total
 
     def snapshot(self) -> tuple[np.ndarray, float]:
         with self._lock:
-            return self._counts.copy(), self._sum
+            return np.asarray(self._counts, dtype=np.int64), self._sum
 
 
 class BatchedHistogram:
