@@ -17,6 +17,7 @@ import sys
 import traceback
 
 import numpy as np
+
 from steadyserve._proto import grpc_predict_v2_pb2 as pb
 from steadyserve._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from steadyserve._proto import model_config_pb2 as mc

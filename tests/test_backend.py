@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+
+import steadyserve.config
 from onnx_models import (
     write_add_two_inputs,
     write_fixed_shape,
@@ -19,8 +21,6 @@ from onnx_models import (
     write_linear,
     write_sequence_output,
 )
-
-import steadyserve.config
 from steadyserve.backends import OnnxBackend
 from steadyserve.config import OnnxRuntimeConfig
 from steadyserve.datatypes import V2_TO_NUMPY, TensorSpec

@@ -39,7 +39,9 @@ def test_batch_carries_each_request_rows_at_its_offset():
     b = make()
     b.submit(11, [rows(1.0, 2)], 2)
     b.submit(12, [rows(2.0, 3)], 3)
-    buffer, n, tokens, offsets, counts, enqueue_ns, views, dropped, codes, stopped = b.next_batch(1.0)
+    buffer, n, tokens, offsets, counts, enqueue_ns, views, dropped, codes, stopped = b.next_batch(
+        1.0
+    )
     assert n == 5 and not stopped and len(dropped) == 0
     assert list(tokens) == [11, 12] and list(offsets) == [0, 2] and list(counts) == [2, 3]
     x = views[0].view(np.float32).reshape(n, FEATURES)

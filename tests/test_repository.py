@@ -6,8 +6,8 @@ import logging
 from functools import partial
 
 import pytest
-from onnx_models import make_repo, write_identity, write_linear
 
+from onnx_models import make_repo, write_identity, write_linear
 from steadyserve.errors import ConfigError, InvalidArgumentError
 from steadyserve.repository import ModelSource, scan_repository, validate_model_name
 

@@ -19,7 +19,6 @@ from onnx_models import (
     write_linear,
 )
 from steadyserve.errors import (
-    DeadlineExceededError,
     InvalidArgumentError,
     NotFoundError,
     ResourceExhaustedError,
@@ -73,7 +72,7 @@ def runtime(repo):
 def reference(repo, model: str, feeds: dict) -> dict:
     session = ort.InferenceSession(str(repo / model / "1" / "model.onnx"))
     names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, feeds)))
+    return dict(zip(names, session.run(names, feeds), strict=True))
 
 
 def test_results_equal_onnxruntime_called_directly(repo, runtime):
@@ -158,9 +157,7 @@ def test_concurrent_async_requests_get_their_own_rows(repo, runtime):
         ({"x": np.array([["a", "b", "c", "d"]])}, "cannot convert"),
     ],
 )
-def test_bad_input_is_refused_with_a_clear_message_and_serving_continues(
-    runtime, inputs, message
-):
+def test_bad_input_is_refused_with_a_clear_message_and_serving_continues(runtime, inputs, message):
     with pytest.raises(InvalidArgumentError, match=message):
         runtime.infer("linear", inputs)
     assert runtime.infer("linear", {"x": np.ones((1, 4), np.float32)})["y"].shape == (1, 3)
@@ -212,9 +209,7 @@ def test_full_queue_refuses_and_deadline_drops_without_executing(runtime):
         # the estimated execution, and it is answered in time.
         batch8 = runtime.get_model("batch8")
         before = batch8.statistics().execution_count
-        out = await runtime.infer_async(
-            "batch8", {"x": np.ones((1, 4), np.float32)}, timeout=0.2
-        )
+        out = await runtime.infer_async("batch8", {"x": np.ones((1, 4), np.float32)}, timeout=0.2)
         assert out["y"].shape == (1, 3)
         assert batch8.statistics().execution_count == before + 1
 

@@ -198,9 +198,7 @@ class SloConfig(_Section):
             )
         for level in self.priority_queues:
             if not 1 <= level <= levels:
-                raise _rule_error(
-                    f"priority_queues.{level}", level, f"is not a level 1..{levels}"
-                )
+                raise _rule_error(f"priority_queues.{level}", level, f"is not a level 1..{levels}")
         return self
 
     @property
@@ -241,7 +239,8 @@ class ContractConfig(FeatureRule):
         "reject", description="'reject', 'clip' or 'allow' (count only) a value outside [min, max]"
     )
     missing: Literal["reject", "mean", "median", "constant"] = Field(
-        "reject", description="'reject' NaN/inf, or impute with the 'mean', 'median' or a 'constant'"
+        "reject",
+        description="'reject' NaN/inf, or impute with the 'mean', 'median' or a 'constant'",
     )
     feature_names: list[str] | None = Field(
         None, description="one name per feature, used in errors, drift reports and metrics"
@@ -307,11 +306,11 @@ class CircuitConfig(_Section):
     failure_rate: float = Field(
         0.5, gt=0, le=1, allow_inf_nan=False, description="failure share that opens it, (0, 1]"
     )
-    consecutive_failures: int = Field(
-        5, ge=1, description="failures in a row that open it, >= 1"
-    )
+    consecutive_failures: int = Field(5, ge=1, description="failures in a row that open it, >= 1")
     open_s: float = Field(
-        5.0, gt=0, allow_inf_nan=False,
+        5.0,
+        gt=0,
+        allow_inf_nan=False,
         description="cool-down before half-open probes are let through, s, > 0",
     )
     half_open_probes: int = Field(

@@ -77,9 +77,7 @@ def coerce(name: str, array: np.ndarray, target: np.dtype) -> np.ndarray:
     if array.dtype == target:
         return array
     if array.dtype.kind not in "biuf" or target.kind not in "biuf":
-        raise InvalidArgumentError(
-            f"input '{name}': cannot convert {array.dtype} to {target}"
-        )
+        raise InvalidArgumentError(f"input '{name}': cannot convert {array.dtype} to {target}")
     with np.errstate(all="ignore"):
         converted = array.astype(target)
         back = converted.astype(array.dtype)
@@ -89,7 +87,8 @@ def coerce(name: str, array: np.ndarray, target: np.dtype) -> np.ndarray:
     if not same.all():
         bad = tuple(int(i) for i in np.argwhere(~same)[0])
         raise InvalidArgumentError(
-            f"input '{name}': value {array[bad].item()!r} at index {list(bad)} cannot be represented "
+            f"input '{name}': value {array[bad].item()!r} at index {list(bad)} cannot be "
+            f"represented "
             f"as {NUMPY_TO_V2.get(target, target)} without loss "
             f"(send {NUMPY_TO_V2.get(target, target)} or values that convert exactly)"
         )

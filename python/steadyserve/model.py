@@ -27,18 +27,17 @@ import numpy as np
 from . import _core
 from .contract import build_monitor, build_transform, drift_section, read_stats
 from .datatypes import TensorSpec, coerce
-from .watchdog import ExecutionWatchdog
 from .errors import (
     CancelledError,
     ConfigError,
     DeadlineExceededError,
-    InternalError,
     InvalidArgumentError,
     ModelFailureError,
     ResourceExhaustedError,
     SteadyServeError,
     UnavailableError,
 )
+from .watchdog import ExecutionWatchdog
 
 log = logging.getLogger("steadyserve.model")
 
@@ -338,8 +337,10 @@ class ServableModel:
                     f"{where}: a feature contract needs an FP32 [batch, features] input of a "
                     f"batching model; this one is {spec.datatype} {list(spec.shape)}"
                 )
-            needs_stats = contract.scaling != "none" or contract.missing in ("mean", "median") or any(
-                r.missing in ("mean", "median") for r in contract.features.values()
+            needs_stats = (
+                contract.scaling != "none"
+                or contract.missing in ("mean", "median")
+                or any(r.missing in ("mean", "median") for r in contract.features.values())
             )
             stats_file = stats_for(contract.stats, needs_stats)
             stats = (stats_file or {}).get("inputs", {}).get(entry.name, {})
@@ -359,7 +360,9 @@ class ServableModel:
             stats = (stats_file or {}).get("outputs", {}).get(spec.name)
             if not stats or spec.datatype != "FP32" or self.max_batch_size == 0:
                 continue
-            width = int(np.prod([d for d in spec.shape[1:]], dtype=np.int64)) if spec.shape[1:] else 1
+            width = (
+                int(np.prod([d for d in spec.shape[1:]], dtype=np.int64)) if spec.shape[1:] else 1
+            )
             if width <= 0:
                 continue
             where = f"model '{self.name}' output '{spec.name}'"
@@ -769,7 +772,7 @@ class ServableModel:
         formed_ns = time.monotonic_ns()
         t0 = time.perf_counter_ns()
         feeds = {}
-        for spec, view in zip(self.inputs, views):
+        for spec, view in zip(self.inputs, views, strict=True):
             row_shape = self._input_rows[spec.name]
             shape = (rows, *row_shape) if self.max_batch_size > 0 else row_shape
             feeds[spec.name] = view.view(spec.dtype).reshape(shape)
@@ -854,7 +857,9 @@ class ServableModel:
             # batch hung), so no route will report the failure: tell the circuit directly.
             self.failure_listener(self.name, getattr(error, "reason", "execution_error"), orphans)
         self._deliver(deliveries)
-        self._record_batch(rows, formed_ns, enqueue_ns, t1 - t0, run_ns or (t2 - t1), t3 - t2, error)
+        self._record_batch(
+            rows, formed_ns, enqueue_ns, t1 - t0, run_ns or (t2 - t1), t3 - t2, error
+        )
 
     def _deliver(self, deliveries) -> None:
         """Answer requests: sync futures directly, each event loop once for the whole batch."""
@@ -1030,7 +1035,9 @@ class ServableModel:
             level = self._level(priority)
         except InvalidArgumentError:
             level = self._default_level - 1
-        return self._batcher.estimate_completion_ns(max(1, min(rows, self._batcher.max_batch_size)), level)
+        return self._batcher.estimate_completion_ns(
+            max(1, min(rows, self._batcher.max_batch_size)), level
+        )
 
     def estimate_ms(self, rows: int) -> float:
         """The latency model's execution estimate for a batch of ``rows`` rows."""
@@ -1074,7 +1081,7 @@ def _pin_dims(name: str, spec: TensorSpec, dims, kind: str) -> tuple[int, ...]:
             f"model '{name}': config.yaml dims {list(dims)} for {kind} '{spec.name}' have rank "
             f"{len(dims)}, the model's non-batch shape {list(model_row)} has rank {len(model_row)}"
         )
-    for configured, actual in zip(dims, model_row):
+    for configured, actual in zip(dims, model_row, strict=True):
         if actual >= 0 and configured != actual:
             raise ConfigError(
                 f"model '{name}': config.yaml dims {list(dims)} for {kind} '{spec.name}' "

@@ -177,8 +177,18 @@ class CircuitBreaker:
 class Route:
     """One request's walk along its model's chain (shared by the sync and async paths)."""
 
-    __slots__ = ("_router", "_chain", "_index", "_version", "_deadline_ns", "_priority",
-                 "_rows", "_reasons", "primary", "_inputs")
+    __slots__ = (
+        "_router",
+        "_chain",
+        "_index",
+        "_version",
+        "_deadline_ns",
+        "_priority",
+        "_rows",
+        "_reasons",
+        "primary",
+        "_inputs",
+    )
 
     def __init__(self, router: Router, name: str, version, deadline_ns, priority, inputs):
         self._router = router
@@ -193,7 +203,7 @@ class Route:
         self.primary = name
 
     def next_model(self) -> tuple[ServableModel, str] | None:
-        """The next link that may take the request, with its circuit ticket; None when none is left."""
+        """The next link that may take the request, with its circuit ticket (None: none left)."""
         router = self._router
         while self._index < len(self._chain):
             i = self._index
@@ -271,7 +281,9 @@ class Route:
         default = self._router.default_output(self.primary)
         if default is not None:
             self._router.count_failover(self.primary, "default_output")
-            outputs = {name: np.repeat(row[None, :], self._rows, axis=0) for name, row in default.items()}
+            outputs = {
+                name: np.repeat(row[None, :], self._rows, axis=0) for name, row in default.items()
+            }
             return InferResult(
                 outputs,
                 self.primary,
@@ -303,7 +315,8 @@ class Router:
             self._backups[name] = config.backup
         if config.failover.default_output:
             self._defaults[name] = {
-                k: np.asarray(v, dtype=np.float32) for k, v in config.failover.default_output.items()
+                k: np.asarray(v, dtype=np.float32)
+                for k, v in config.failover.default_output.items()
             }
         self.breaker(name, config.failover.circuit)
         if self._metrics is not None:  # a series from the start, not from the first change
@@ -417,7 +430,8 @@ class Router:
             },
             "backups": dict(self._backups),
             "failovers": [
-                {"model": p, "answered_by": a, "count": n} for (p, a), n in sorted(failovers.items())
+                {"model": p, "answered_by": a, "count": n}
+                for (p, a), n in sorted(failovers.items())
             ],
             "skipped": [
                 {"model": m, "reason": r, "count": n} for (m, r), n in sorted(skips.items())

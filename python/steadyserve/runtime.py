@@ -28,10 +28,10 @@ from .errors import (
 )
 from .faults import Fault, FaultInjector
 from .model import InferResult, ServableModel
-from .routing import Router
 from .monitoring.drift import register_drift_collector
 from .monitoring.metrics import Metrics, register_slo_collector
 from .repository import scan_repository, validate_model_name
+from .routing import Router
 
 log = logging.getLogger("steadyserve.runtime")
 
@@ -225,8 +225,10 @@ class Runtime:
         if self._closed:
             return False
         entries = self._index.values()
-        return bool(entries) and all(e.state == "READY" for e in entries) and all(
-            m.ready for m in self.models()
+        return (
+            bool(entries)
+            and all(e.state == "READY" for e in entries)
+            and all(m.ready for m in self.models())
         )
 
     # ----------------------------------------------------------------- inference
@@ -376,6 +378,7 @@ def _default_output_mismatch(model: ServableModel) -> str | None:
 
 def _signature_mismatch(model: ServableModel, backup: ServableModel) -> str | None:
     """Why ``backup`` cannot answer for ``model`` (None when it can)."""
+
     def describe(specs):
         return {s.name: (s.datatype, s.shape) for s in specs}
 

@@ -46,7 +46,9 @@ class ExecutionWatchdog:
         while not self._stop.wait(self._poll_s):
             now = time.monotonic()
             with self._lock:
-                late = [run_id for run_id, (deadline, _, _) in self._runs.items() if deadline <= now]
+                late = [
+                    run_id for run_id, (deadline, _, _) in self._runs.items() if deadline <= now
+                ]
                 stopped = [self._runs.pop(run_id) for run_id in late]
             for _, run_options, abort in stopped:
                 if run_options is not None:

@@ -58,7 +58,7 @@ class _Child:
         ).tolist()
         total = float(array.sum())
         with self._lock:
-            self._counts = [a + b for a, b in zip(self._counts, counts)]
+            self._counts = [a + b for a, b in zip(self._counts, counts, strict=True)]
             self._sum += total
 
     def snapshot(self) -> tuple[np.ndarray, float]:
@@ -108,7 +108,7 @@ class BatchedHistogram:
             cumulative = np.cumsum(counts)
             buckets = [
                 ("+Inf" if math.isinf(b) else repr(float(b)), float(c))
-                for b, c in zip(self._bounds, cumulative)
+                for b, c in zip(self._bounds, cumulative, strict=True)
             ]
             family.add_metric(list(key), buckets, total)
         yield family

@@ -18,16 +18,30 @@ from collections.abc import Iterator
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .histogram import BatchedHistogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 log = logging.getLogger("steadyserve.monitoring.metrics")
 
 # Request latency on a serving path runs from ~100 µs (in-process) to seconds.
 LATENCY_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 5.0, 10.0,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 )
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -83,7 +97,9 @@ class Metrics:
             registry=r,
         )
         self.model_ready = Gauge(
-            "steadyserve_model_ready", "1 when the model version is ready to serve.", labels,
+            "steadyserve_model_ready",
+            "1 when the model version is ready to serve.",
+            labels,
             registry=r,
         )
 
