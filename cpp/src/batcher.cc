@@ -218,6 +218,17 @@ void Batcher::FreeSlotLocked(uint32_t index) {
   free_slots_.push_back(index);
 }
 
+void Batcher::ExpireLocked(uint32_t index, Batch* batch) {
+  const Slot& slot = slots_[index];
+  --queued_requests_;
+  queued_rows_ -= slot.rows;
+  level_rows_[slot.priority] -= slot.rows;
+  --level_requests_[slot.priority];
+  ++stats_.expired;
+  batch->dropped.push_back({slot.token, StatusCode::kDeadlineExceeded});
+  FreeSlotLocked(index);
+}
+
 void Batcher::PruneHeadsLocked(int64_t now, Batch* batch) {
   for (auto& level : levels_) {
     while (level.size > 0) {
@@ -228,13 +239,7 @@ void Batcher::PruneHeadsLocked(int64_t now, Batch* batch) {
         FreeSlotLocked(index);
       } else if (slot.deadline_ns != 0 && slot.deadline_ns <= now) {
         level.pop();
-        --queued_requests_;
-        queued_rows_ -= slot.rows;
-        level_rows_[slot.priority] -= slot.rows;
-        --level_requests_[slot.priority];
-        ++stats_.expired;
-        batch->dropped.push_back({slot.token, StatusCode::kDeadlineExceeded});
-        FreeSlotLocked(index);
+        ExpireLocked(index, batch);
       } else {
         break;
       }
@@ -395,13 +400,7 @@ Status Batcher::NextBatch(int64_t timeout_ns, Batch* batch) {
         }
         if (slot.deadline_ns != 0 && slot.deadline_ns <= now) {
           level.pop();
-          --queued_requests_;
-          queued_rows_ -= slot.rows;
-          level_rows_[slot.priority] -= slot.rows;
-          --level_requests_[slot.priority];
-          ++stats_.expired;
-          batch->dropped.push_back({slot.token, StatusCode::kDeadlineExceeded});
-          FreeSlotLocked(index);
+          ExpireLocked(index, batch);
           continue;
         }
         if (rows > 0 && rows + slot.rows > batch_cap_) {

@@ -201,6 +201,9 @@ class Batcher {
   int64_t EstimateCompletionLocked(int64_t now, uint32_t rows, uint32_t priority) const;
   // Frees the newest queued request of the lowest level below `priority`; false if none.
   bool EvictLowerLocked(uint32_t priority, uint64_t* token);
+  // A queued request (already popped from its level) whose deadline passed: counted,
+  // reported in batch->dropped, its slot freed.
+  void ExpireLocked(uint32_t index, Batch* batch);
   // Pops cancelled and expired requests from the front of every level.
   void PruneHeadsLocked(int64_t now, Batch* batch);
   uint32_t TargetRows() const;

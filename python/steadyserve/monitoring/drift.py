@@ -59,27 +59,16 @@ from collections.abc import Iterator
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from .metrics import RuntimeCollector
+
 log = logging.getLogger("steadyserve.monitoring.drift")
 
 TENSOR_LABELS = ["model", "version", "tensor"]
 FEATURE_LABELS = [*TENSOR_LABELS, "feature"]
 
 
-class DriftCollector:
-    """A custom collector over the runtimes registered with it (held weakly: a closed
-    and dropped Runtime simply disappears from the metrics)."""
-
-    def __init__(self) -> None:
-        self._runtimes: list[weakref.ref] = []
-
-    def add(self, runtime) -> None:
-        self._runtimes = [r for r in self._runtimes if r() is not None and r() is not runtime]
-        self._runtimes.append(weakref.ref(runtime))
-
-    def describe(self) -> list[Metric]:
-        # Nothing to declare up front: the families depend on the models loaded. (Without
-        # this, registering would call collect() once to learn the names.)
-        return []
+class DriftCollector(RuntimeCollector):
+    """PSI and data-quality gauges of every model of the registered runtimes."""
 
     def collect(self) -> Iterator[Metric]:
         psi = GaugeMetricFamily(
@@ -109,30 +98,26 @@ class DriftCollector:
             "The largest feature PSI of a tensor (exported from drift.min_rows rows on).",
             labels=TENSOR_LABELS,
         )
-        for runtime_ref in list(self._runtimes):
-            runtime = runtime_ref()
-            if runtime is None:
+        for model in self.models():
+            try:
+                report = model.drift_report()
+            except Exception:  # one model's trouble must not take /metrics down
+                log.exception("drift report failed", extra={"model": model.name})
                 continue
-            for model in runtime.models():
-                try:
-                    report = model.drift_report()
-                except Exception:  # one model's trouble must not take /metrics down
-                    log.exception("drift report failed", extra={"model": model.name})
-                    continue
-                for section in ("inputs", "outputs"):
-                    for tensor, entry in report.get(section, {}).items():
-                        labels = [report["model"], str(report["version"]), tensor]
-                        rows.add_metric(labels, entry["rows"])
-                        if not entry["rows"]:
-                            continue
-                        for feature in entry["features"]:
-                            flabels = [*labels, feature["feature"]]
-                            missing.add_metric(flabels, feature["missing_rate"])
-                            out_of_range.add_metric(flabels, feature["out_of_range_rate"])
-                            if entry["enough_rows"] and feature["psi"] is not None:
-                                psi.add_metric(flabels, feature["psi"])
-                        if entry["enough_rows"] and entry["worst"] is not None:
-                            worst.add_metric(labels, entry["worst"]["psi"])
+            for section in ("inputs", "outputs"):
+                for tensor, entry in report.get(section, {}).items():
+                    labels = [report["model"], str(report["version"]), tensor]
+                    rows.add_metric(labels, entry["rows"])
+                    if not entry["rows"]:
+                        continue
+                    for feature in entry["features"]:
+                        flabels = [*labels, feature["feature"]]
+                        missing.add_metric(flabels, feature["missing_rate"])
+                        out_of_range.add_metric(flabels, feature["out_of_range_rate"])
+                        if entry["enough_rows"] and feature["psi"] is not None:
+                            psi.add_metric(flabels, feature["psi"])
+                    if entry["enough_rows"] and entry["worst"] is not None:
+                        worst.add_metric(labels, entry["worst"]["psi"])
         yield from (psi, worst, missing, out_of_range, rows)
 
 

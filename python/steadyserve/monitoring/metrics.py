@@ -195,7 +195,29 @@ class ModelMetrics:
         self.compute_duration.observe(compute_s)
 
 
-class SloCollector:
+class RuntimeCollector:
+    """Base of the scrape-time collectors: the runtimes registered with it, held weakly
+    (a closed and dropped Runtime simply disappears from the metrics)."""
+
+    def __init__(self) -> None:
+        self._runtimes: list[weakref.ref] = []
+
+    def add(self, runtime) -> None:
+        self._runtimes = [r for r in self._runtimes if r() is not None and r() is not runtime]
+        self._runtimes.append(weakref.ref(runtime))
+
+    def describe(self) -> list[Metric]:
+        return []  # families depend on the models loaded; don't collect() at registration
+
+    def models(self) -> Iterator:
+        """Every model of every live runtime."""
+        for runtime_ref in list(self._runtimes):
+            runtime = runtime_ref()
+            if runtime is not None:
+                yield from runtime.models()
+
+
+class SloCollector(RuntimeCollector):
     """SLO figures read from the models at scrape time (nothing is counted twice on the
     request path: the core and the models keep the counts, this turns them into metrics).
 
@@ -212,16 +234,6 @@ class SloCollector:
 
     Runtimes are held weakly: a closed and dropped Runtime disappears from the metrics.
     """
-
-    def __init__(self) -> None:
-        self._runtimes: list[weakref.ref] = []
-
-    def add(self, runtime) -> None:
-        self._runtimes = [r for r in self._runtimes if r() is not None and r() is not runtime]
-        self._runtimes.append(weakref.ref(runtime))
-
-    def describe(self) -> list[Metric]:
-        return []  # families depend on the models loaded; don't collect() at registration
 
     def collect(self) -> Iterator[Metric]:
         labels = ["model", "version"]
@@ -249,25 +261,21 @@ class SloCollector:
         executing = GaugeMetricFamily(
             "steadyserve_executing_batches", "Batches executing now.", labels=labels
         )
-        for runtime_ref in list(self._runtimes):
-            runtime = runtime_ref()
-            if runtime is None:
-                continue
-            for model in runtime.models():
-                try:
-                    key = [model.name, str(model.version)]
-                    for reason, count in model.refusals().items():
-                        refused.add_metric([*key, reason], count)
-                    report = model.slo_report()
-                    for rows, ms in sorted(report["execution_estimate_ms"].items()):
-                        estimate.add_metric([*key, str(rows)], ms / 1000.0)
-                    cap.add_metric(key, report["batch_cap"])
-                    if report["latency_ms"]:
-                        slo.add_metric(key, report["latency_ms"] / 1000.0)
-                    formed = model.batcher_stats()["batches"]
-                    executing.add_metric(key, max(0, formed - model.statistics().execution_count))
-                except Exception:  # one model's trouble must not take /metrics down
-                    log.exception("SLO figures failed", extra={"model": model.name})
+        for model in self.models():
+            try:
+                key = [model.name, str(model.version)]
+                for reason, count in model.refusals().items():
+                    refused.add_metric([*key, reason], count)
+                report = model.slo_report()
+                for rows, ms in sorted(report["execution_estimate_ms"].items()):
+                    estimate.add_metric([*key, str(rows)], ms / 1000.0)
+                cap.add_metric(key, report["batch_cap"])
+                if report["latency_ms"]:
+                    slo.add_metric(key, report["latency_ms"] / 1000.0)
+                formed = model.batcher_stats()["batches"]
+                executing.add_metric(key, max(0, formed - model.statistics().execution_count))
+            except Exception:  # one model's trouble must not take /metrics down
+                log.exception("SLO figures failed", extra={"model": model.name})
         yield from (refused, estimate, cap, slo, executing)
 
 
