@@ -380,8 +380,12 @@ def test_batches_are_capped_so_estimated_execution_fits_the_slo(runtime):
     executed(model)  # every formed batch recorded
     after = {size: b.count for size, b in model.statistics().batch_stats.items()}
     formed = Counter({size: n - before.get(size, 0) for size, n in after.items()})
-    # The 1-row blocker, then the 8 queued rows as one batch of `cap` and the rest.
-    assert +formed == Counter([1, cap, 8 - cap])
+    # The 1-row blocker, then the 8 queued rows (one batch of 8 without the cap) in batches
+    # of at most `cap`. (Not exactly `cap` and `8 - cap`: on a loaded machine the blocker's
+    # own hang can teach the model that one row is slow too, and the cap shrinks further.)
+    assert sum(size * n for size, n in formed.items()) == 1 + 8
+    assert formed[1] >= 1
+    assert max(size for size, n in formed.items() if n) <= cap < 8
 
 
 def test_queue_delay_longer_than_the_slo_is_refused(tmp_path):
