@@ -109,6 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
         "answers in half the SLO, e.g. 8 (bursts larger than that are refused too)",
     )
 
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="server processes sharing the ports (SO_REUSEPORT), each with its own "
+        "batcher and metrics (default 1)",
+    )
+
     fit = sub.add_parser(
         "fit",
         help="fit a model's stats file (scaling, imputation, drift reference) from data",
@@ -239,6 +248,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             "serve needs a model repository: `steadyserve serve REPO` "
             "(REPO/<model>/<version>/model.onnx), or `steadyserve serve --demo` to try it out"
         )
+    if not 1 <= args.workers <= 64:
+        raise UsageError(f"--workers must be 1..64; got {args.workers}")
     if not 0 < args.max_message_mb < 2048:
         raise UsageError(
             f"--max-message-mb must be > 0 and < 2048 (MiB); got {args.max_message_mb}"
@@ -281,9 +292,49 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             repo = build_demo_repository(root)
             log.info("demo repository built", extra={"path": str(repo)})
 
+        if args.workers > 1:
+            return _serve_workers(args, repo, settings)
+
         from .server.app import run
 
         return run(repo, settings, early_signals=early_signals)
+
+
+def _serve_workers(args: argparse.Namespace, repo: Path, settings) -> int:
+    """--workers N: N plain `serve` processes on the same ports (see server/workers.py)."""
+    from .server.workers import run_workers
+
+    def worker_argv(grpc_port: int, http_port: int) -> list[str]:
+        argv = [
+            sys.executable,
+            "-m",
+            "steadyserve",
+            "serve",
+            str(repo),
+            "--host",
+            settings.host,
+            "--grpc-port",
+            str(grpc_port),
+            "--http-port",
+            str(http_port),
+            "--log-level",
+            settings.log_level,
+            "--grace-s",
+            str(settings.grace_s),
+            "--max-message-mb",
+            str(args.max_message_mb),
+        ]
+        if settings.allow_fault_injection:
+            argv.append("--allow-fault-injection")
+        if settings.max_concurrent_rpcs is not None:
+            argv += ["--max-concurrent-rpcs", str(settings.max_concurrent_rpcs)]
+        if settings.max_pending_rpcs is not None:
+            argv += ["--max-pending-rpcs", str(settings.max_pending_rpcs)]
+        return argv
+
+    return run_workers(
+        args.workers, worker_argv, settings.host, settings.grpc_port, settings.http_port
+    )
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
