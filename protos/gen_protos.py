@@ -30,22 +30,21 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "protos"
 OUT_DIR = ROOT / "python" / "steadyserve" / "_proto"
 
-# proto file -> whether it declares a service (and so gets a *_pb2_grpc.py module)
-PROTOS = {"model_config.proto": False, "grpc_predict_v2.proto": True}
-MODULES = sorted(
-    [Path(p).stem + "_pb2" for p in PROTOS]
-    + [Path(p).stem + "_pb2_grpc" for p, s in PROTOS.items() if s]
-)
+# Message modules only: the server registers its own handlers for the service's
+# methods (server/grpc_service.py), so protoc's servicer/stub module (*_pb2_grpc, a
+# base class of "not implemented" methods and a grpcio version check) is not made.
+PROTOS = ["model_config.proto", "grpc_predict_v2.proto"]
+MODULES = sorted(Path(p).stem + "_pb2" for p in PROTOS)
 
-_IMPORT = re.compile(r"^import (\w+_pb2(?:_grpc)?) as (\w+)$", re.MULTILINE)
+_IMPORT = re.compile(r"^import (\w+_pb2) as (\w+)$", re.MULTILINE)
 _GENCODE = re.compile(r"^# Protobuf Python Version: (\S+)$", re.MULTILINE)
 
-INIT_TEMPLATE = '''"""Generated protobuf / gRPC modules of the KServe V2 protocol (``inference``).
+INIT_TEMPLATE = '''"""Generated protobuf modules of the KServe V2 protocol (``inference``).
 
 DO NOT EDIT: made by protos/gen_protos.py from protos/*.proto; a test fails when
 regenerating would change them.
 
-    from steadyserve._proto import grpc_predict_v2_pb2 as pb, grpc_predict_v2_pb2_grpc as pb_grpc
+    from steadyserve._proto import grpc_predict_v2_pb2 as pb
 
 Importing these modules registers ``inference.*`` in protobuf's default
 descriptor pool, as tritonclient's generated modules do too: the two cannot be
@@ -53,7 +52,7 @@ imported into the same process.
 """
 
 # The tools that made these files. The protobuf runtime must be at least
-# PROTOBUF_GENCODE_VERSION and grpcio at least GRPCIO_TOOLS_VERSION.
+# PROTOBUF_GENCODE_VERSION.
 GRPCIO_TOOLS_VERSION = "{tools}"
 PROTOBUF_GENCODE_VERSION = "{gencode}"
 '''
@@ -80,10 +79,8 @@ def generate(out: Path) -> list[Path]:
 
     include = Path(grpc_tools.__file__).parent / "_proto"  # google/protobuf/*.proto
     with tempfile.TemporaryDirectory() as tmp:
-        for proto, has_service in PROTOS.items():
+        for proto in PROTOS:
             args = ["protoc", f"-I{PROTO_DIR}", f"-I{include}", f"--python_out={tmp}"]
-            if has_service:
-                args.append(f"--grpc_python_out={tmp}")
             args.append(str(PROTO_DIR / proto))
             if protoc.main(args) != 0:
                 sys.exit(f"protoc failed on {proto}")

@@ -22,7 +22,6 @@ CHECKED_IN = ROOT / "python" / "steadyserve" / "_proto"
 FILES = [
     "__init__.py",
     "grpc_predict_v2_pb2.py",
-    "grpc_predict_v2_pb2_grpc.py",
     "model_config_pb2.py",
 ]
 
