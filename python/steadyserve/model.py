@@ -116,10 +116,11 @@ class ModelStatistics:
 class _Pending:
     """A request between submit and answer. Whoever pops it from the table answers it."""
 
-    __slots__ = ("future", "loop", "handle", "outputs", "start_ns", "timer")
+    __slots__ = ("future", "loop", "handle", "outputs", "start_ns", "deadline_ns", "timer")
 
-    def __init__(self, future, loop, outputs, start_ns):
+    def __init__(self, future, loop, outputs, start_ns, deadline_ns):
         self.future = future
+        self.deadline_ns = deadline_ns  # absolute monotonic ns, 0 for none
         self.loop = loop  # None for sync callers (future is a _SyncFuture)
         self.handle = None
         self.outputs = outputs
@@ -589,7 +590,7 @@ class ServableModel:
             level = self._level(priority)
             deadline = self._deadline(deadline_ns)
             token = next(self._tokens)
-            pending = _Pending(future, loop, outputs, start_ns)
+            pending = _Pending(future, loop, outputs, start_ns, deadline)
             self._pending[token] = pending  # before submit: an executor may answer at once
             try:
                 pending.handle, evicted = self._batcher.submit(token, arrays, rows, deadline, level)
@@ -616,7 +617,7 @@ class ServableModel:
         token, pending = self._submit(inputs, outputs, deadline_ns, priority, future, None)
         if self.inline:
             self._drain()  # run it (and whatever else is ready) in this thread
-        deadline = self._deadline(deadline_ns)
+        deadline = pending.deadline_ns  # the one the core got (a default is computed once)
         timeout = None if not deadline else max(0.0, (deadline - time.monotonic_ns()) / 1e9)
         try:
             return future.result(timeout=timeout)
@@ -642,7 +643,7 @@ class ServableModel:
         if self.inline and not self._drain_scheduled:
             self._drain_scheduled = True
             loop.call_soon(self._drain_soon)
-        deadline = self._deadline(deadline_ns)
+        deadline = pending.deadline_ns
         if deadline:
             # asyncio's clock is time.monotonic, the core's is the same monotonic clock.
             pending.timer = loop.call_at(deadline / 1e9, self._expire, token)

@@ -182,9 +182,9 @@ class Runtime:
 
     def get_model(self, name: str, version: str | None = None) -> ServableModel:
         """The ready model version (latest when ``version`` is empty or None)."""
-        validate_model_name(name)
-        versions = self._models.get(name)
+        versions = self._models.get(name)  # a loaded name is valid: it came from the scan
         if not versions:
+            validate_model_name(name)
             failed = [e for (n, _), e in self._index.items() if n == name]
             if failed:
                 raise UnavailableError(f"model '{name}' is not ready: {failed[0].reason}")
@@ -236,6 +236,8 @@ class Runtime:
     def require_known(self, name: str) -> None:
         """NotFoundError (or InvalidArgumentError for a malformed name) unless the
         repository has a model of this name, loaded or not."""
+        if name in self._models:  # the common case, without a scan or a name check
+            return
         validate_model_name(name)
         if not any(n == name for n, _ in self._index):
             known = ", ".join(self.model_names()) or "none"

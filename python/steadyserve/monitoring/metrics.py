@@ -16,7 +16,6 @@ import logging
 import weakref
 from collections.abc import Iterator
 
-import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -163,22 +162,21 @@ class ModelMetrics:
         self.slo_met = metrics.slo_requests.labels(name, version, "met")
         self.slo_missed = metrics.slo_requests.labels(name, version, "missed")
 
-    def request_done(self, outcome: str, duration_s: float | None = None) -> None:
+    def _counter(self, outcome: str) -> Counter:
         counter = self._outcomes.get(outcome)
         if counter is None:
             counter = self._metrics.requests.labels(*self._labels, outcome)
             self._outcomes[outcome] = counter
-        counter.inc()
+        return counter
+
+    def request_done(self, outcome: str, duration_s: float | None = None) -> None:
+        self._counter(outcome).inc()
         if duration_s is not None:
             self.request_duration.observe(duration_s)
 
-    def requests_done(self, outcome: str, durations_s: np.ndarray) -> None:
+    def requests_done(self, outcome: str, durations_s) -> None:
         """A batch's worth of answers with the same outcome."""
-        counter = self._outcomes.get(outcome)
-        if counter is None:
-            counter = self._metrics.requests.labels(*self._labels, outcome)
-            self._outcomes[outcome] = counter
-        counter.inc(len(durations_s))
+        self._counter(outcome).inc(len(durations_s))
         self.request_duration.observe_many(durations_s)
 
     def slo_results(self, met: int, missed: int) -> None:
@@ -186,9 +184,6 @@ class ModelMetrics:
             self.slo_met.inc(met)
         if missed:
             self.slo_missed.inc(missed)
-
-    def slo_result(self, within: bool) -> None:
-        (self.slo_met if within else self.slo_missed).inc()
 
     def batch_done(self, rows: int, compute_s: float) -> None:
         self.batch_size.observe(rows)
