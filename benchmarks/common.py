@@ -202,7 +202,11 @@ def build_demo_repo(root: Path, allow_stand_in: bool = False) -> DemoRepo:
             raise
         model_path = write_stand_in_tabular(root / MODEL / "1" / "model.onnx")
         return DemoRepo(root, model_path, "stand-in", None)
-    repo = Path(build_demo_repository(root))
+    return demo_repo_at(Path(build_demo_repository(root)))
+
+
+def demo_repo_at(repo: Path) -> DemoRepo:
+    """Describe a built demo repository: its latest ``tabular`` model and config."""
     versions = sorted(
         (p for p in (repo / MODEL).iterdir() if p.name.isdigit() and (p / "model.onnx").exists()),
         key=lambda p: int(p.name),

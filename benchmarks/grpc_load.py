@@ -340,20 +340,9 @@ def build_repo(root: Path, allow_stand_in: bool):
         if not allow_stand_in:
             raise RuntimeError(f"building the demo repository failed:\n{r.stderr[-3000:]}")
         return build_demo_repo(root, allow_stand_in=True)  # stand-in (no steadyserve import)
-    repo = Path(r.stdout.strip().splitlines()[-1])
-    versions = sorted(
-        (p for p in (repo / MODEL).iterdir() if p.name.isdigit() and (p / "model.onnx").exists()),
-        key=lambda p: int(p.name),
-    )
-    cfg = repo / MODEL / "config.yaml"
-    from common import DemoRepo
+    from common import demo_repo_at
 
-    return DemoRepo(
-        repo,
-        versions[-1] / "model.onnx",
-        "steadyserve.demo",
-        cfg.read_text() if cfg.exists() else None,
-    )
+    return demo_repo_at(Path(r.stdout.strip().splitlines()[-1]))
 
 
 def main() -> None:  # noqa: C901 - one linear script
