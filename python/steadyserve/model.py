@@ -723,13 +723,21 @@ class ServableModel:
                 log.exception("executor failed outside the model run")
         return bool(stopped)
 
-    def _check_outputs(self, outputs: dict[str, np.ndarray]) -> None:
-        """failover.output_checks: a batch with a bad output fails as a whole.
+    def _check_outputs(self, outputs: dict[str, np.ndarray], rows: int) -> None:
+        """A batch with a bad output fails as a whole: one row per batch row (batching
+        models), then failover.output_checks.
 
         Two reductions per output cover both checks (min and max are NaN when any
         value is, and +-inf show up in them); the offending value is only looked for
         once a check has failed.
         """
+        if self.max_batch_size > 0:
+            for name, out in outputs.items():
+                if out.ndim == 0 or out.shape[0] != rows:
+                    raise ModelFailureError(
+                        f"model '{self.name}': output '{name}' has shape {list(out.shape)}, "
+                        f"expected {rows} rows for a batch of {rows}"
+                    )
         for check in self._output_checks:
             out = outputs.get(check.name)
             if out is None or out.dtype.kind != "f" or out.size == 0:
@@ -792,7 +800,7 @@ class ServableModel:
             run_ns = time.perf_counter_ns() - run_start
             if self.faults is not None:
                 outputs = self.faults.after_run(outputs)
-            self._check_outputs(outputs)
+            self._check_outputs(outputs, rows)
             for name, (monitor, _) in self._monitors.items():
                 out = outputs.get(name)
                 if out is not None and out.dtype == np.float32 and out.shape[:1] == (rows,):
@@ -825,32 +833,19 @@ class ServableModel:
         self._batcher.complete(buffer, rows, learned)
         if self.inline and (run_ns > INLINE_LEAVE_NS or timed_out):
             self._leave_inline(run_ns or (t2 - t1))
-        if error is None and self.max_batch_size > 0:
-            for name, out in outputs.items():
-                if out.ndim == 0 or out.shape[0] != rows:
-                    error = ModelFailureError(
-                        f"model '{self.name}': output '{name}' has shape {list(out.shape)}, "
-                        f"expected {rows} rows for a batch of {rows}"
-                    )
-                    break
         deliveries = []
         orphans = 0
-        for k in range(len(tokens)):
-            pending = self._pending.pop(int(tokens[k]), None)
+        batched = self.max_batch_size > 0
+        for token, lo, n in zip(tokens.tolist(), offsets.tolist(), counts.tolist(), strict=True):
+            pending = self._pending.pop(token, None)
             if pending is None:
                 orphans += 1  # expired or cancelled while its batch ran
                 continue
             if error is not None:
                 deliveries.append((pending, error, True))
                 continue
-            if self.max_batch_size > 0:
-                lo = int(offsets[k])
-                hi = lo + int(counts[k])
-                names = pending.outputs or self._output_names
-                result = {n: outputs[n][lo:hi] for n in names}
-            else:
-                names = pending.outputs or self._output_names
-                result = {n: outputs[n] for n in names}
+            names = pending.outputs or self._output_names
+            result = {m: outputs[m][lo : lo + n] if batched else outputs[m] for m in names}
             deliveries.append((pending, InferResult(result, self.name, self.version), False))
         t3 = time.perf_counter_ns()
         if error is not None and orphans and self.failure_listener is not None:
