@@ -26,7 +26,7 @@ from steadyserve.errors import (
     PermissionDeniedError,
     UnavailableError,
 )
-from steadyserve.routing import CLOSED, HALF_OPEN, NORMAL, OPEN, PROBE, CircuitBreaker
+from steadyserve.routing import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4) / 8.0
 T = 10.0  # seconds: a timeout no test should come near
@@ -337,10 +337,18 @@ def test_breaker_consecutive_failures_and_success_resets_the_run():
     clock = FakeClock()
     b = CircuitBreaker("m", CircuitConfig(consecutive_failures=3, min_requests=100), clock)
     for ok in (False, False, True, False, False):
-        b.record(b.allow(), ok, "boom")
+        b.record_batch(ok, 1, "boom")
     assert b.state == CLOSED
-    b.record(b.allow(), False, "boom")
+    b.record_batch(False, 1, "boom")
     assert b.state == OPEN and b.last_reason == "3 failures in a row, last: boom"
+
+
+def test_breaker_counts_every_request_of_a_failed_batch():
+    b = CircuitBreaker("m", CircuitConfig(consecutive_failures=5, min_requests=100), FakeClock())
+    b.record_batch(False, 4, "boom")
+    assert b.state == CLOSED
+    b.record_batch(False, 2, "boom")
+    assert b.state == OPEN and b.last_reason == "6 failures in a row, last: boom"
 
 
 def test_breaker_failure_rate_over_the_sliding_window():
@@ -348,54 +356,50 @@ def test_breaker_failure_rate_over_the_sliding_window():
     config = CircuitConfig(window_s=10, min_requests=10, failure_rate=0.5, consecutive_failures=100)
     b = CircuitBreaker("m", config, clock)
     for _ in range(4):  # 4 of 12 failed
-        b.record(b.allow(), False, "old")
-        b.record(b.allow(), True)
-        b.record(b.allow(), True)
+        b.record_batch(False, 1, "old")
+        b.record_batch(True, 2)
     assert b.state == CLOSED
     # They slide out of the window: had they stayed, the rate below would be 9 of 22.
     clock.now += 11
     for _ in range(4):
-        b.record(b.allow(), False, "new")
-        b.record(b.allow(), True)
+        b.record_batch(False, 1, "new")
+        b.record_batch(True, 1)
     assert b.state == CLOSED  # 4 of 8 in the window: fewer than min_requests
-    b.record(b.allow(), True)
+    b.record_batch(True, 1)
     assert b.state == CLOSED  # 4 of 9
-    b.record(b.allow(), False, "new")
+    b.record_batch(False, 1, "new")
     assert b.state == OPEN  # 5 of 10
     assert b.last_reason == "5 of 10 requests failed in 10 s, last: new"
 
 
-def test_breaker_half_open_limits_probes_and_needs_them_all():
+def test_breaker_half_open_after_the_cool_down_needs_every_probe():
     clock = FakeClock()
     changes = []
     config = CircuitConfig(consecutive_failures=1, open_s=5, half_open_probes=2)
     b = CircuitBreaker("m", config, clock, on_change=lambda *a: changes.append(a[1:3]))
-    b.record(b.allow(), False, "boom")
-    assert b.state == OPEN and b.allow() is None
+    b.record_batch(False, 1, "boom")
+    assert b.state == OPEN
     clock.now += 4.9
-    assert b.allow() is None  # still cooling down
+    b.tick()
+    assert b.state == OPEN  # still cooling down
     clock.now += 0.2
-    first, second, third = b.allow(), b.allow(), b.allow()
-    assert (first, second, third) == (PROBE, PROBE, None)  # 2 probes at a time
+    b.tick()
     assert b.state == HALF_OPEN
-    b.release(second)  # a probe that never reached the model frees its place
-    second = b.allow()
-    assert second == PROBE
-    b.record(first, True)
+    b.record_batch(True, 1)
     assert b.state == HALF_OPEN
-    b.record(second, True)
-    assert b.state == CLOSED and b.allow() == NORMAL
+    b.record_batch(True, 1)
+    assert b.state == CLOSED
     assert changes == [(CLOSED, OPEN), (OPEN, HALF_OPEN), (HALF_OPEN, CLOSED)]
 
 
-def test_breaker_ignores_late_verdicts_of_requests_admitted_while_closed():
+def test_breaker_half_open_reopens_on_a_failed_probe():
     clock = FakeClock()
     b = CircuitBreaker("m", CircuitConfig(consecutive_failures=1, open_s=5), clock)
-    early = b.allow()
-    b.record(b.allow(), False, "boom")
-    assert b.state == OPEN
-    b.record(early, True)  # admitted before it opened: no effect on the open circuit
-    assert b.state == OPEN
+    b.record_batch(False, 1, "boom")
+    clock.now += 6
+    b.tick()
+    b.record_batch(False, 1, "again")
+    assert b.state == OPEN and b.last_reason == "probe failed: again"
 
 
 # -- the last resort ---------------------------------------------------------------------

@@ -1,60 +1,64 @@
 // steadyserve._core: the one pybind11 module over the native core.
 //
-// Rules kept here: every call that may block or copy request data releases the
-// GIL; core Status codes become steadyserve.errors exceptions in one place
-// (RaiseIfError); the core never calls back into Python.
+// Rules kept here: every call that may block, copy request data or answer a
+// batch releases the GIL; core Status codes become steadyserve.errors
+// exceptions in one place (the classes are handed over once by
+// steadyserve._native); the core never calls back into Python.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <string>
-#include <tuple>
 #include <vector>
 
-#include "steadyserve/batcher.h"
+#include "steadyserve/completion_queue.h"
 #include "steadyserve/feature_transform.h"
+#include "steadyserve/inference_core.h"
+#include "steadyserve/model_core.h"
 
 namespace py = pybind11;
 using namespace steadyserve;
 
+void BindWire(py::module_& m);
+
 namespace {
 
-const char* ExceptionName(StatusCode code) {
-  switch (code) {
-    case StatusCode::kInvalidArgument:
-      return "InvalidArgumentError";
-    case StatusCode::kNotFound:
-      return "NotFoundError";
-    case StatusCode::kResourceExhausted:
-      return "ResourceExhaustedError";
-    case StatusCode::kDeadlineExceeded:
-      return "DeadlineExceededError";
-    case StatusCode::kUnavailable:
-      return "UnavailableError";
-    case StatusCode::kCancelled:
-      return "CancelledError";
-    default:
-      return "InternalError";
-  }
+// Set once by steadyserve._native: {status code: exception class} and the InferResult class.
+py::dict& ErrorClasses() {
+  static py::dict* classes = new py::dict();  // leaked on purpose: lives as long as the interpreter
+  return *classes;
+}
+py::object& ResultFactory() {
+  static py::object* factory = new py::object();
+  return *factory;
+}
+
+py::object ErrorOf(StatusCode code, const std::string& message) {
+  py::dict& classes = ErrorClasses();
+  py::int_ key(static_cast<int>(code));
+  py::object cls = classes.contains(key) ? classes[key] : classes[py::int_(13)];
+  return cls(message);
 }
 
 // Call with the GIL held.
-void RaiseIfError(const Status& status) {
-  if (status.ok()) return;
-  py::object errors = py::module_::import("steadyserve.errors");
-  py::object cls = errors.attr(ExceptionName(status.code()));
-  PyErr_SetString(cls.ptr(), status.message().c_str());
+[[noreturn]] void Raise(StatusCode code, const std::string& message) {
+  py::object error = ErrorOf(code, message);
+  PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(error.ptr())), error.ptr());
   throw py::error_already_set();
 }
 
-// Calls that only take a core mutex briefly keep the GIL for small requests:
-// releasing and re-taking it costs more than the copy, and hands the GIL to
-// another thread (an executor) that the caller then has to wait for. Calls that
-// can wait (next_batch) always release it; so do calls over large data.
+void RaiseIfError(const Status& status) {
+  if (!status.ok()) Raise(status.code(), status.message());
+}
+
+// Small calls keep the GIL: releasing and re-taking it costs more than the work
+// and hands it to another thread the caller then waits for.
 constexpr uint64_t kReleaseGilBytes = 64 * 1024;
 
 class MaybeReleaseGil {
@@ -67,157 +71,145 @@ class MaybeReleaseGil {
   std::optional<py::gil_scoped_release> release_;
 };
 
-int64_t TimeoutNs(py::object timeout_s) {
+int64_t TimeoutNs(const py::object& timeout_s) {
   if (timeout_s.is_none()) return -1;
   const double s = timeout_s.cast<double>();
   if (!(s >= 0) || !std::isfinite(s)) throw py::value_error("timeout must be a finite number >= 0 or None");
   return static_cast<int64_t>(s * 1e9);
 }
 
-// The Python face of a Batcher, plus one reusable Batch per executor slot is
-// unnecessary: next_batch builds the Python result from a stack Batch.
-class PyBatcher {
+// numpy dtype <-> DataType.
+DataType TypeOfArray(const py::array& a) {
+  const py::dtype dt = a.dtype();
+  const char kind = dt.kind();
+  const auto size = dt.itemsize();
+  if (kind == 'b') return DataType::kBool;
+  if (kind == 'u') return size == 1 ? DataType::kUint8 : size == 2 ? DataType::kUint16 : size == 4 ? DataType::kUint32 : DataType::kUint64;
+  if (kind == 'i') return size == 1 ? DataType::kInt8 : size == 2 ? DataType::kInt16 : size == 4 ? DataType::kInt32 : DataType::kInt64;
+  if (kind == 'f') return size == 2 ? DataType::kFp16 : size == 4 ? DataType::kFp32 : size == 8 ? DataType::kFp64 : DataType::kInvalid;
+  return DataType::kInvalid;
+}
+
+const char* NumpyName(DataType t) {
+  switch (t) {
+    case DataType::kBool: return "bool";
+    case DataType::kUint8: return "<u1";
+    case DataType::kUint16: return "<u2";
+    case DataType::kUint32: return "<u4";
+    case DataType::kUint64: return "<u8";
+    case DataType::kInt8: return "<i1";
+    case DataType::kInt16: return "<i2";
+    case DataType::kInt32: return "<i4";
+    case DataType::kInt64: return "<i8";
+    case DataType::kFp16: return "<f2";
+    case DataType::kFp32: return "<f4";
+    case DataType::kFp64: return "<f8";
+    default: return "u1";  // BYTES: the serialized bytes
+  }
+}
+
+// Triton's BYTES serialization -> numpy object array of bytes with `shape`.
+py::array BytesArray(const uint8_t* data, size_t size, const std::vector<int64_t>& shape) {
+  py::list items;
+  size_t at = 0;
+  while (at + 4 <= size) {
+    uint32_t len;
+    std::memcpy(&len, data + at, 4);
+    at += 4;
+    items.append(py::bytes(reinterpret_cast<const char*>(data + at), std::min<size_t>(len, size - at)));
+    at += len;
+  }
+  py::array flat = py::module_::import("numpy").attr("array")(items, py::dtype("O"));
+  return flat.attr("reshape")(py::cast(shape));
+}
+
+// An answered request as the Python caller sees it: an InferResult, bytes (wire), or an exception
+// instance; `failed` tells which. Reads the request; the caller releases it afterwards.
+py::object AnswerOf(Request* r, bool* failed) {
+  *failed = r->code != StatusCode::kOk;
+  if (*failed) return ErrorOf(r->code, r->message);
+  if (r->wire) return py::bytes(r->response);
+  py::dict outputs;
+  for (const auto& o : r->outputs) {
+    const auto type = static_cast<DataType>(o.dtype);
+    if (type == DataType::kBytes) {
+      outputs[py::str(o.name)] = BytesArray(o.data.data(), o.data.size(), o.shape);
+      continue;
+    }
+    py::array a(py::dtype(NumpyName(type)), o.shape);
+    std::memcpy(a.mutable_data(), o.data.data(), o.data.size());
+    outputs[py::str(o.name)] = a;
+  }
+  py::dict params;
+  if (r->failover) {
+    params["failover"] = true;
+    if (r->default_output) params["default_output"] = true;
+    else params["failover_from"] = r->model;
+    params["failover_reason"] = r->failover_reasons;
+  }
+  return ResultFactory()(outputs, r->answered_by, r->answered_version, params);
+}
+
+class PyCompletionQueue {
  public:
-  explicit PyBatcher(const BatcherOptions& options) { RaiseIfError(Batcher::Create(options, &batcher_)); }
-
-  py::tuple Submit(uint64_t token, const py::sequence& arrays, uint32_t rows, int64_t deadline_ns,
-                   uint32_t priority) {
-    const auto& inputs = batcher_->options().inputs;
-    const size_t n = py::len(arrays);
-    if (n != inputs.size()) {
-      RaiseIfError(Status(StatusCode::kInvalidArgument, "model '" + batcher_->options().model +
-                                                            "': expected " + std::to_string(inputs.size()) +
-                                                            " inputs, got " + std::to_string(n)));
+  int fd() const { return cq_.fd(); }
+  CompletionQueue* get() { return &cq_; }
+  // Every answer that arrived: a list of (tag, value, failed); each request is released.
+  py::list Drain(InferenceCore* core) {
+    cq_.Drain(&scratch_);
+    py::list out;
+    for (Request* r : scratch_) {
+      bool failed;
+      py::object value = AnswerOf(r, &failed);
+      out.append(py::make_tuple(r->user_tag, value, failed));
+      core->Release(r);
     }
-    // Pointers stay valid while `arrays` (held by the caller) is alive; the core
-    // copies them before Submit returns.
-    const uint8_t* ptrs[64];
-    if (n > 64) RaiseIfError(Status(StatusCode::kInvalidArgument, "more than 64 inputs"));
-    uint64_t total_bytes = 0;
-    std::vector<py::buffer_info> infos;
-    infos.reserve(n);
-    for (size_t i = 0; i < n; ++i) {
-      infos.push_back(py::reinterpret_borrow<py::buffer>(arrays[i]).request());
-      const py::buffer_info& info = infos.back();
-      const uint64_t need = static_cast<uint64_t>(rows) * inputs[i].row_bytes;
-      const uint64_t have = static_cast<uint64_t>(info.size) * static_cast<uint64_t>(info.itemsize);
-      bool contiguous = true;
-      py::ssize_t expect = info.itemsize;
-      for (py::ssize_t d = info.ndim; d-- > 0;) {
-        if (info.shape[d] != 1 && info.strides[d] != expect) contiguous = false;
-        expect *= info.shape[d];
-      }
-      if (!contiguous || have != need) {
-        RaiseIfError(Status(StatusCode::kInvalidArgument,
-                            "input '" + inputs[i].name + "': expected " + std::to_string(need) +
-                                " contiguous bytes for " + std::to_string(rows) + " rows, got " +
-                                std::to_string(have) + (contiguous ? "" : " (not contiguous)")));
-      }
-      ptrs[i] = static_cast<const uint8_t*>(info.ptr);
-      total_bytes += need;
-    }
-    SubmitResult result;
-    Status status;
-    {
-      MaybeReleaseGil release(total_bytes >= kReleaseGilBytes);
-      status = batcher_->Submit(token, ptrs, n, rows, deadline_ns, priority, &result);
-    }
-    RaiseIfError(status);
-    // (handle, evicted token or 0): tokens start at 1, so 0 means none was evicted.
-    return py::make_tuple(result.handle, result.evicted ? result.evicted_token : 0);
+    scratch_.clear();
+    return out;
   }
-
-  bool Cancel(uint64_t handle) { return batcher_->Cancel(handle); }
-
-  // Returns None on timeout with nothing to report, else a tuple
-  // (buffer, rows, tokens, offsets, counts, enqueue_ns, inputs, dropped_tokens, dropped_codes, stopped).
-  // `inputs` are uint8 views of the batch buffer, valid until complete(buffer, ...).
-  py::object NextBatch(py::object self, py::object timeout_s) {
-    const int64_t timeout_ns = TimeoutNs(timeout_s);
-    Batch batch;
-    Status status;
-    {
-      py::gil_scoped_release release;
-      status = batcher_->NextBatch(timeout_ns, &batch);
-    }
-    RaiseIfError(status);
-    if (batch.rows == 0 && batch.dropped.empty() && !batch.stopped) return py::none();
-
-    const size_t n_items = batch.items.size();
-    py::array_t<uint64_t> tokens(n_items);
-    py::array_t<uint32_t> offsets(n_items), counts(n_items);
-    py::array_t<int64_t> enqueue(n_items);
-    auto t = tokens.mutable_unchecked<1>();
-    auto o = offsets.mutable_unchecked<1>();
-    auto c = counts.mutable_unchecked<1>();
-    auto e = enqueue.mutable_unchecked<1>();
-    for (size_t k = 0; k < n_items; ++k) {
-      t(k) = batch.items[k].token;
-      o(k) = batch.items[k].offset;
-      c(k) = batch.items[k].rows;
-      e(k) = batch.items[k].enqueue_ns;
-    }
-    py::list inputs;
-    if (batch.rows > 0) {
-      const auto& layout = batcher_->options().inputs;
-      for (size_t i = 0; i < layout.size(); ++i) {
-        const py::ssize_t bytes = static_cast<py::ssize_t>(batch.rows * layout[i].row_bytes);
-        inputs.append(py::array(py::dtype("uint8"), {bytes}, {py::ssize_t{1}},
-                                batcher_->BufferData(batch.buffer, i), self));
-      }
-    }
-    const size_t n_dropped = batch.dropped.size();
-    py::array_t<uint64_t> dropped_tokens(n_dropped);
-    py::array_t<int32_t> dropped_codes(n_dropped);
-    auto dt = dropped_tokens.mutable_unchecked<1>();
-    auto dc = dropped_codes.mutable_unchecked<1>();
-    for (size_t k = 0; k < n_dropped; ++k) {
-      dt(k) = batch.dropped[k].token;
-      dc(k) = static_cast<int32_t>(batch.dropped[k].code);
-    }
-    return py::make_tuple(batch.buffer, batch.rows, tokens, offsets, counts, enqueue, inputs, dropped_tokens,
-                          dropped_codes, batch.stopped);
-  }
-
-  void Complete(uint32_t buffer, uint32_t rows, int64_t exec_ns) {
-    batcher_->Complete(buffer, rows, exec_ns);
-  }
-
-  void Stop() { batcher_->Stop(); }
-
-  py::dict Stats() const {
-    const BatcherStats s = batcher_->Stats();
-    py::dict d;
-    d["submitted"] = s.submitted;
-    d["rejected_queue_full"] = s.rejected_queue_full;
-    d["rejected_deadline"] = s.rejected_deadline;
-    d["rejected_stopped"] = s.rejected_stopped;
-    d["rejected_admission"] = s.rejected_admission;
-    d["evicted"] = s.evicted;
-    d["expired"] = s.expired;
-    d["cancelled"] = s.cancelled;
-    d["batches"] = s.batches;
-    d["rows_executed"] = s.rows_executed;
-    d["queued_requests"] = s.queued_requests;
-    d["queued_rows"] = s.queued_rows;
-    return d;
-  }
-
-  uint32_t QueuedRequests() const { return batcher_->Stats().queued_requests; }
-  int64_t EstimateNs(uint32_t rows) const { return batcher_->latency_model().EstimateNs(rows); }
-  void RecordLatency(uint32_t rows, int64_t ns) {
-    batcher_->latency_model().Record(rows, ns);
-    batcher_->RefreshCap();
-  }
-  int64_t EstimateCompletionNs(uint32_t rows, uint32_t priority) const {
-    return batcher_->EstimateCompletionNs(rows, priority);
-  }
-  uint32_t BatchCap() const { return batcher_->BatchCap(); }
-  const BatcherOptions& options() const { return batcher_->options(); }
 
  private:
-  std::unique_ptr<Batcher> batcher_;
+  CompletionQueue cq_;
+  std::vector<Request*> scratch_;
 };
+
+// A sync in-process request waiting for its answer. wait() reads and releases it.
+class PyPending {
+ public:
+  PyPending(InferenceCore* core, Request* r) : core_(core), r_(r) {}
+  PyPending(const PyPending&) = delete;
+  PyPending& operator=(const PyPending&) = delete;
+  // Never waited for: withdraw it; if it was answered first, drop our reference here.
+  ~PyPending() {
+    if (r_ != nullptr && !core_->Cancel(r_->Handle())) core_->Release(r_);
+  }
+  uint64_t handle() const { return r_ ? r_->Handle() : 0; }
+  py::object Wait(const py::object& timeout_s) {
+    if (r_ == nullptr) throw py::value_error("this request was already read");
+    const int64_t timeout_ns = TimeoutNs(timeout_s);
+    bool done;
+    {
+      py::gil_scoped_release release;
+      done = r_->Wait(timeout_ns);
+    }
+    if (!done) return py::none();
+    Request* r = r_;
+    r_ = nullptr;
+    bool failed;
+    py::object value = AnswerOf(r, &failed);
+    core_->Release(r);
+    if (failed) {
+      PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(value.ptr())), value.ptr());
+      throw py::error_already_set();
+    }
+    return value;
+  }
+
+ private:
+  InferenceCore* core_;
+  Request* r_;
+};
+
 
 // A C-contiguous float32 matrix [rows, n_features] (or a 1-D row), checked with the GIL held.
 py::array_t<float, py::array::c_style> FeatureMatrix(const py::array& a, uint32_t n_features,
@@ -276,34 +268,303 @@ py::dict SnapshotDict(FeatureTransform& t) {
   return d;
 }
 
-using InputSpec = std::tuple<std::string, uint64_t, std::shared_ptr<FeatureTransform>>;
 
-BatcherOptions MakeOptions(const std::string& model, const std::vector<InputSpec>& inputs,
-                           uint32_t max_batch_size, const std::vector<uint32_t>& preferred,
-                           int64_t max_queue_delay_us, uint32_t max_queue_size, uint32_t priority_levels,
-                           uint32_t executors, int64_t slack_margin_us, int64_t slo_latency_us,
-                           bool admission_control, const std::vector<uint32_t>& level_max_queue) {
-  BatcherOptions o;
-  o.model = model;
-  for (const auto& [name, bytes, transform] : inputs) o.inputs.push_back({name, bytes, transform});
-  o.max_batch_size = max_batch_size;
-  o.preferred_batch_sizes = preferred;
-  o.max_queue_delay_ns = max_queue_delay_us * 1000;
-  o.max_queue_size = max_queue_size;
-  o.priority_levels = priority_levels;
-  o.executors = executors;
-  o.slack_margin_ns = slack_margin_us * 1000;
-  o.slo_latency_ns = slo_latency_us * 1000;
-  o.admission_control = admission_control;
-  o.level_max_queue = level_max_queue;
-  return o;
+// The Python face of a ModelCore: the executor's per-batch calls and the figures.
+struct BatchView {
+  uint32_t buffer;
+  uint32_t rows;
+  uint32_t requests;
+  py::list inputs;  // numpy views of the batch buffer, [rows, dims...] (BYTES: the serialized bytes)
+};
+
+std::vector<int64_t> Dims(const py::sequence& seq) {
+  std::vector<int64_t> dims;
+  for (auto d : seq) dims.push_back(d.cast<int64_t>());
+  return dims;
 }
+
+TensorSignature TensorOf(const py::tuple& spec, bool with_transform) {
+  TensorSignature t;
+  t.name = spec[0].cast<std::string>();
+  t.dtype = ParseDataType(spec[1].cast<std::string>());
+  if (t.dtype == DataType::kInvalid) throw py::value_error("tensor '" + t.name + "': unknown datatype");
+  t.dims = Dims(spec[2].cast<py::sequence>());
+  if (with_transform && spec.size() > 3 && !spec[3].is_none())
+    t.transform = spec[3].cast<std::shared_ptr<FeatureTransform>>();
+  return t;
+}
+
+class PyModelCore {
+ public:
+  std::shared_ptr<ModelCore> model;
+
+  py::object NextBatch(py::object self, const py::object& timeout_s) {
+    const int64_t timeout_ns = TimeoutNs(timeout_s);
+    const Batch* batch = nullptr;
+    bool stopped = false;
+    Status s;
+    {
+      py::gil_scoped_release release;
+      s = model->NextBatch(timeout_ns, &batch, &stopped);
+    }
+    RaiseIfError(s);
+    if (batch == nullptr) return stopped ? py::object(py::str("stopped")) : py::object(py::none());
+    BatchView view{batch->buffer, batch->rows, static_cast<uint32_t>(batch->items.size()), py::list()};
+    const auto& sig = model->signature();
+    Batcher& b = model->batcher();
+    for (size_t i = 0; i < sig.inputs().size(); ++i) {
+      const auto& in = sig.inputs()[i];
+      uint8_t* data = b.BufferData(batch->buffer, i);
+      if (in.dtype == DataType::kBytes) {
+        view.inputs.append(py::array(py::dtype("u1"), {static_cast<py::ssize_t>(b.BufferSize(batch->buffer, i))},
+                                     {py::ssize_t{1}}, data, self));
+        continue;
+      }
+      std::vector<py::ssize_t> shape;
+      if (sig.batched()) shape.push_back(batch->rows);
+      for (int64_t d : in.dims) shape.push_back(d);
+      std::vector<py::ssize_t> strides(shape.size());
+      py::ssize_t stride = static_cast<py::ssize_t>(ElementSize(in.dtype));
+      for (size_t k = shape.size(); k-- > 0;) {
+        strides[k] = stride;
+        stride *= shape[k];
+      }
+      view.inputs.append(py::array(py::dtype(NumpyName(in.dtype)), shape, strides, data, self));
+    }
+    return py::cast(std::move(view));
+  }
+
+  // outputs: one numpy array (or for BYTES, a (bytes, shape) pair) per signature output, in order.
+  py::object Complete(uint32_t buffer, const py::list& outputs, const BatchTimings& t) {
+    // (t: the batch's input / run / output times and what the latency model learns)
+    std::vector<OutputTensor> outs(outputs.size());
+    std::vector<py::buffer_info> infos;
+    std::vector<std::vector<int64_t>> shapes(outputs.size());
+    std::vector<py::object> keep;
+    infos.reserve(outputs.size());
+    uint64_t total = 0;
+    for (size_t o = 0; o < outputs.size(); ++o) {
+      py::handle item = outputs[o];
+      if (py::isinstance<py::tuple>(item)) {  // BYTES: (serialized bytes, shape)
+        py::tuple pair = item.cast<py::tuple>();
+        py::bytes data = pair[0].cast<py::bytes>();
+        keep.push_back(data);
+        shapes[o] = Dims(pair[1].cast<py::sequence>());
+        char* ptr;
+        py::ssize_t len;
+        PyBytes_AsStringAndSize(data.ptr(), &ptr, &len);
+        outs[o] = {DataType::kBytes, shapes[o].data(), shapes[o].size(), reinterpret_cast<uint8_t*>(ptr),
+                   static_cast<size_t>(len)};
+        total += len;
+        continue;
+      }
+      py::array a = py::array::ensure(item, py::array::c_style);
+      if (!a) throw py::type_error("output " + std::to_string(o) + " is not an array");
+      keep.push_back(a);
+      shapes[o].assign(a.shape(), a.shape() + a.ndim());
+      outs[o] = {TypeOfArray(a), shapes[o].data(), shapes[o].size(), static_cast<const uint8_t*>(a.data()),
+                 static_cast<size_t>(a.nbytes())};
+      total += a.nbytes();
+    }
+    Status s;
+    {
+      MaybeReleaseGil release(total >= kReleaseGilBytes || outputs.size() > 0);
+      s = model->CompleteBatch(buffer, outs.data(), outs.size(), t);
+    }
+    if (s.ok()) return py::none();
+    if (s.code() == StatusCode::kInternal) return py::str(s.message());  // the batch failed over
+    RaiseIfError(s);
+    return py::none();
+  }
+
+  void Fail(uint32_t buffer, const std::string& reason, const std::string& message, const BatchTimings& t) {
+    py::gil_scoped_release release;
+    model->FailBatch(buffer, reason, message, t);
+  }
+
+  py::dict Statistics() const {
+    const ModelStats& st = model->stats();
+    auto duration = [](const DurationStat& d) {
+      return py::make_tuple(d.count.load(std::memory_order_relaxed), d.ns.load(std::memory_order_relaxed));
+    };
+    py::dict d;
+    d["inference_count"] = st.inference_count.load();
+    d["execution_count"] = st.execution_count.load();
+    d["last_inference_ms"] = st.last_inference_ms.load();
+    d["success"] = duration(st.success);
+    d["fail"] = duration(st.fail);
+    d["queue"] = duration(st.queue);
+    d["compute_input"] = duration(st.compute_input);
+    d["compute_infer"] = duration(st.compute_infer);
+    d["compute_output"] = duration(st.compute_output);
+    d["slo_met"] = st.slo_met.load();
+    d["slo_missed"] = st.slo_missed.load();
+    py::dict outcomes;
+    for (int c = 0; c < 17; ++c) {
+      const uint64_t n = st.Outcome(static_cast<StatusCode>(c));
+      if (n) outcomes[py::int_(c)] = n;
+    }
+    d["outcomes"] = outcomes;
+    py::dict refusals;
+    for (size_t k = 0; k < static_cast<size_t>(Refusal::kCount); ++k)
+      refusals[RefusalName(static_cast<Refusal>(k))] = st.RefusalCount(static_cast<Refusal>(k));
+    d["refusals"] = refusals;
+    py::dict by_size;
+    for (uint32_t rows = 1; rows <= st.max_batch_size(); ++rows) {
+      const auto& b = st.batch_size_stat(rows);
+      const uint64_t n = b.count.load(std::memory_order_relaxed);
+      if (n)
+        by_size[py::int_(rows)] = py::make_tuple(n, b.input_ns.load(), b.infer_ns.load(), b.output_ns.load());
+    }
+    d["batch_stats"] = by_size;
+    return d;
+  }
+
+  py::dict Histograms() const {
+    const ModelStats& st = model->stats();
+    auto hist = [](const AtomicHistogram& h) {
+      return py::make_tuple(h.bounds(), h.Counts(), h.Sum());
+    };
+    py::dict d;
+    d["request"] = hist(st.request_latency);
+    d["queue"] = hist(st.queue_latency);
+    d["compute"] = hist(st.compute_latency);
+    d["batch_size"] = hist(st.batch_size);
+    return d;
+  }
+
+  py::dict BatcherStats() const {
+    const auto s = model->batcher().Stats();
+    py::dict d;
+    d["submitted"] = s.submitted;
+    d["rejected_queue_full"] = s.rejected_queue_full;
+    d["rejected_deadline"] = s.rejected_deadline;
+    d["rejected_stopped"] = s.rejected_stopped;
+    d["rejected_admission"] = s.rejected_admission;
+    d["evicted"] = s.evicted;
+    d["expired"] = s.expired;
+    d["cancelled"] = s.cancelled;
+    d["batches"] = s.batches;
+    d["rows_executed"] = s.rows_executed;
+    d["queued_requests"] = s.queued_requests;
+    d["queued_rows"] = s.queued_rows;
+    d["executing"] = s.executing;
+    return d;
+  }
+};
+
+class PyInferenceCore {
+ public:
+  explicit PyInferenceCore(uint32_t max_requests) : core(std::make_unique<InferenceCore>(max_requests)) {}
+  std::unique_ptr<InferenceCore> core;
+
+  // Queued: the request's handle (int). Answered at once: (value, failed) as the queue would give it.
+  py::object SubmitWire(const py::bytes& data, int64_t deadline_ns, PyCompletionQueue& cq, uint64_t tag) {
+    char* ptr;
+    py::ssize_t len;
+    PyBytes_AsStringAndSize(data.ptr(), &ptr, &len);
+    bool queued = false;
+    uint64_t handle = 0;
+    Request* answer = nullptr;
+    std::string model_name;
+    Status s;
+    {
+      MaybeReleaseGil release(static_cast<uint64_t>(len) >= kReleaseGilBytes);
+      s = core->SubmitWire(reinterpret_cast<const uint8_t*>(ptr), static_cast<size_t>(len), deadline_ns, cq.get(),
+                           tag, &queued, &handle, &answer, &model_name);
+    }
+    if (!s.ok()) return py::make_tuple(ErrorOf(s.code(), s.message()), true, model_name);
+    if (queued) return py::int_(handle);
+    bool failed;
+    py::object value = AnswerOf(answer, &failed);
+    core->Release(answer);
+    return py::make_tuple(value, failed, model_name);
+  }
+
+  // In-process: inputs is a mapping name -> array. cq None: returns a Pending to wait on.
+  py::object Submit(const std::string& model, const std::string& version, const py::dict& inputs,
+                    const py::object& outputs, int64_t deadline_ns, uint32_t priority, py::object cq, uint64_t tag) {
+    const size_t n = inputs.size();
+    std::vector<TensorRef> refs(n);
+    std::vector<py::array> arrays;
+    std::vector<std::string> names;
+    std::vector<std::vector<int64_t>> shapes(n);
+    arrays.reserve(n);
+    names.reserve(n);
+    size_t k = 0;
+    uint64_t total = 0;
+    std::vector<py::object> keep;  // BYTES inputs: their serialized bytes
+    for (auto item : inputs) {
+      names.push_back(py::str(item.first).cast<std::string>());
+      if (py::isinstance<py::tuple>(item.second)) {  // BYTES: (serialized bytes, shape)
+        py::tuple pair = item.second.cast<py::tuple>();
+        py::bytes data = pair[0].cast<py::bytes>();
+        keep.push_back(data);
+        shapes[k] = Dims(pair[1].cast<py::sequence>());
+        char* ptr;
+        py::ssize_t len;
+        PyBytes_AsStringAndSize(data.ptr(), &ptr, &len);
+        refs[k] = {names.back(), DataType::kBytes, shapes[k].data(), shapes[k].size(),
+                   reinterpret_cast<const uint8_t*>(ptr), static_cast<size_t>(len)};
+        total += len;
+        ++k;
+        continue;
+      }
+      py::array a = py::array::ensure(item.second, py::array::c_style);
+      if (!a) Raise(StatusCode::kInvalidArgument, "input '" + names.back() + "' is not an array");
+      arrays.push_back(a);
+      shapes[k].assign(a.shape(), a.shape() + a.ndim());
+      refs[k] = {names.back(), TypeOfArray(a), shapes[k].data(), shapes[k].size(),
+                 static_cast<const uint8_t*>(a.data()), static_cast<size_t>(a.nbytes())};
+      total += a.nbytes();
+      ++k;
+    }
+    std::vector<std::string> out_names;
+    std::vector<std::string_view> out_views;
+    if (!outputs.is_none()) {
+      for (auto o : outputs) out_names.push_back(py::str(o).cast<std::string>());
+      for (const auto& o : out_names) out_views.push_back(o);
+    }
+    PyCompletionQueue* queue = cq.is_none() ? nullptr : &cq.cast<PyCompletionQueue&>();
+    Request* r = nullptr;
+    bool queued = false;
+    Status s;
+    {
+      MaybeReleaseGil release(total >= kReleaseGilBytes);
+      s = core->SubmitTensors(model, version, refs.data(), refs.size(), out_views.data(), out_views.size(),
+                              deadline_ns, priority, queue ? queue->get() : nullptr, tag, &queued, &r);
+    }
+    RaiseIfError(s);
+    if (!queued) {
+      // Answered at once (refused at the door, or the default output).
+      bool failed;
+      py::object value = AnswerOf(r, &failed);
+      core->Release(r);
+      if (failed) {
+        PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(value.ptr())), value.ptr());
+        throw py::error_already_set();
+      }
+      return py::make_tuple(value);
+    }
+    if (queue != nullptr) return py::int_(r->Handle());
+    return py::cast(new PyPending(core.get(), r), py::return_value_policy::take_ownership);
+  }
+};
 
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
-  m.doc() = "steadyserve native core: dynamic batcher and latency model";
-  m.def("now_ns", &Batcher::NowNs, "The core's monotonic clock (same as time.monotonic_ns()).");
+  m.doc() = "steadyserve native core: the request path (decode, route, batch, answer) and its figures";
+  m.def("now_ns", &SteadyNowNs, "The core's monotonic clock (same as time.monotonic_ns()).");
+  m.def(
+      "set_python_types",
+      [](py::dict error_classes, py::object result_factory) {
+        ErrorClasses().clear();
+        for (auto item : error_classes) ErrorClasses()[item.first] = item.second;
+        ResultFactory() = result_factory;
+      },
+      "Called once by steadyserve._native: {status code: exception class}, and InferResult.");
+  BindWire(m);
 
   py::class_<FeatureTransform, std::shared_ptr<FeatureTransform>>(m, "FeatureTransform")
       .def(py::init(&MakeTransform), py::arg("model"), py::arg("input"), py::arg("names"), py::arg("lo"),
@@ -342,42 +603,150 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("n_features", [](const FeatureTransform& t) { return t.options().n_features; })
       .def_property_readonly("bins", [](const FeatureTransform& t) { return t.options().bins; });
 
-  py::class_<PyBatcher>(m, "Batcher")
-      .def(py::init([](const std::string& model, const std::vector<InputSpec>& inputs,
-                       uint32_t max_batch_size, const std::vector<uint32_t>& preferred_batch_sizes,
-                       int64_t max_queue_delay_us, uint32_t max_queue_size, uint32_t priority_levels,
-                       uint32_t executors, int64_t slack_margin_us, int64_t slo_latency_us,
-                       bool admission_control, const std::vector<uint32_t>& level_max_queue) {
-             return new PyBatcher(MakeOptions(model, inputs, max_batch_size, preferred_batch_sizes,
-                                              max_queue_delay_us, max_queue_size, priority_levels, executors,
-                                              slack_margin_us, slo_latency_us, admission_control,
-                                              level_max_queue));
+  py::class_<BatchTimings>(m, "BatchTimings")
+      .def(py::init([](int64_t input_ns, int64_t infer_ns, int64_t output_ns, int64_t learn_ns, int64_t wall_ms) {
+             return BatchTimings{input_ns, infer_ns, output_ns, learn_ns, wall_ms};
            }),
-           py::arg("model"), py::arg("inputs"), py::arg("max_batch_size"),
+           py::arg("input_ns") = 0, py::arg("infer_ns") = 0, py::arg("output_ns") = 0, py::arg("learn_ns") = -1,
+           py::arg("wall_ms") = 0);
+
+  py::class_<BatchView>(m, "BatchView")
+      .def_readonly("buffer", &BatchView::buffer)
+      .def_readonly("rows", &BatchView::rows)
+      .def_readonly("requests", &BatchView::requests)
+      .def_readonly("inputs", &BatchView::inputs);
+
+  py::class_<PyCompletionQueue>(m, "CompletionQueue")
+      .def(py::init<>())
+      .def_property_readonly("fd", &PyCompletionQueue::fd)
+      .def(
+          "drain", [](PyCompletionQueue& q, PyInferenceCore& core) { return q.Drain(core.core.get()); },
+          py::arg("core"), "Every answer that arrived: a list of (tag, value, failed).");
+
+  py::class_<PyPending>(m, "Pending")
+      .def("wait", &PyPending::Wait, py::arg("timeout") = py::none(),
+           "The answer (an InferResult) or raise its error; None if the timeout passed first.")
+      .def_property_readonly("handle", &PyPending::handle);
+
+  py::class_<PyModelCore>(m, "ModelCore")
+      .def(py::init([](const std::string& name, const std::string& version, uint32_t max_batch_size,
+                       const std::vector<py::tuple>& inputs, const std::vector<py::tuple>& outputs,
+                       const std::vector<uint32_t>& preferred, int64_t max_queue_delay_us, uint32_t max_queue_size,
+                       uint32_t priority_levels, const std::vector<uint32_t>& level_max_queue, uint32_t executors,
+                       int64_t slack_margin_us, int64_t slo_latency_us, bool admission_control,
+                       uint32_t default_level, int64_t default_deadline_us, const std::vector<double>& latency_bounds_s,
+                       uint64_t max_row_bytes, PyInferenceCore& core) {
+             std::vector<TensorSignature> ins, outs;
+             for (const auto& t : inputs) ins.push_back(TensorOf(t, true));
+             for (const auto& t : outputs) outs.push_back(TensorOf(t, false));
+             std::unique_ptr<Signature> sig;
+             RaiseIfError(Signature::Create(name, max_batch_size, std::move(ins), std::move(outs), max_row_bytes, &sig));
+             ModelCoreOptions o;
+             o.version = version;
+             o.batching.max_batch_size = std::max<uint32_t>(1, max_batch_size);
+             o.batching.preferred_batch_sizes = preferred;
+             o.batching.max_queue_delay_ns = max_queue_delay_us * 1000;
+             o.batching.max_queue_size = max_queue_size;
+             o.batching.priority_levels = priority_levels;
+             o.batching.level_max_queue = level_max_queue;
+             o.batching.executors = executors;
+             o.batching.slack_margin_ns = slack_margin_us * 1000;
+             o.batching.slo_latency_ns = slo_latency_us * 1000;
+             o.batching.admission_control = admission_control;
+             o.default_level = default_level;
+             o.default_deadline_ns = default_deadline_us * 1000;
+             for (double b : latency_bounds_s) o.latency_bounds_ns.push_back(static_cast<int64_t>(b * 1e9));
+             o.slo_ns = slo_latency_us * 1000;
+             std::unique_ptr<ModelCore> model;
+             RaiseIfError(ModelCore::Create(std::move(sig), std::move(o), &core.core->pool(), core.core.get(), &model));
+             auto* py_model = new PyModelCore();
+             py_model->model = std::shared_ptr<ModelCore>(std::move(model));
+             return py_model;
+           }),
+           py::arg("name"), py::arg("version"), py::arg("max_batch_size"), py::arg("inputs"), py::arg("outputs"),
            py::arg("preferred_batch_sizes") = std::vector<uint32_t>{}, py::arg("max_queue_delay_us") = 0,
-           py::arg("max_queue_size") = 1024, py::arg("priority_levels") = 1, py::arg("executors") = 1,
-           py::arg("slack_margin_us") = 0, py::arg("slo_latency_us") = 0,
-           py::arg("admission_control") = false, py::arg("level_max_queue") = std::vector<uint32_t>{})
-      .def("submit", &PyBatcher::Submit, py::arg("token"), py::arg("arrays"), py::arg("rows"),
-           py::arg("deadline_ns") = 0, py::arg("priority") = 0,
-           "Queue a request; returns (handle for cancel(), evicted token or 0). Raises steadyserve.errors on "
-           "refusal.")
-      .def("cancel", &PyBatcher::Cancel, py::arg("handle"))
+           py::arg("max_queue_size") = 1024, py::arg("priority_levels") = 1,
+           py::arg("level_max_queue") = std::vector<uint32_t>{}, py::arg("executors") = 1,
+           py::arg("slack_margin_us") = 0, py::arg("slo_latency_us") = 0, py::arg("admission_control") = false,
+           py::arg("default_level") = 0, py::arg("default_deadline_us") = 0,
+           py::arg("latency_bounds_s") = std::vector<double>{}, py::arg("max_row_bytes") = uint64_t{1} << 26,
+           py::arg("core"))
       .def(
           "next_batch",
-          [](py::object self, py::object timeout) {
-            return self.cast<PyBatcher&>().NextBatch(self, timeout);
+          [](py::object self, py::object timeout) { return self.cast<PyModelCore&>().NextBatch(self, timeout); },
+          py::arg("timeout") = py::none(),
+          "A BatchView, None (timeout or only expiries), or 'stopped'. GIL released while waiting.")
+      .def("complete", &PyModelCore::Complete, py::arg("buffer"), py::arg("outputs"), py::arg("timings"),
+           "Answer the batch's requests from its outputs; returns None, or the message if the outputs were "
+           "malformed (the batch then failed over).")
+      .def("fail", &PyModelCore::Fail, py::arg("buffer"), py::arg("reason"), py::arg("message"), py::arg("timings"))
+      .def("stop", [](PyModelCore& m) { m.model->Stop(); }, py::call_guard<py::gil_scoped_release>())
+      .def_property(
+          "ready", [](const PyModelCore& m) { return m.model->ready(); },
+          [](PyModelCore& m, bool ready) { m.model->set_ready(ready); })
+      .def("statistics", &PyModelCore::Statistics)
+      .def("histograms", &PyModelCore::Histograms)
+      .def("batcher_stats", &PyModelCore::BatcherStats)
+      .def("recent_latencies_ns", [](const PyModelCore& m) { return m.model->stats().RecentLatencies(); })
+      .def("recent_queue_ns", [](const PyModelCore& m) { return m.model->stats().RecentQueueTimes(); })
+      .def_property_readonly("queued_requests",
+                             [](const PyModelCore& m) { return m.model->batcher().Stats().queued_requests; })
+      .def("estimate_ns", [](const PyModelCore& m, uint32_t rows) { return m.model->batcher().latency_model().EstimateNs(rows); },
+           py::arg("rows"))
+      .def(
+          "record_latency",
+          [](PyModelCore& m, uint32_t rows, int64_t ns) {
+            m.model->batcher().latency_model().Record(rows, ns);
+            m.model->batcher().RefreshCap();
           },
-          py::arg("timeout") = py::none())
-      .def("complete", &PyBatcher::Complete, py::arg("buffer"), py::arg("rows"), py::arg("exec_ns"))
-      .def("stop", &PyBatcher::Stop, py::call_guard<py::gil_scoped_release>())
-      .def("stats", &PyBatcher::Stats)
-      .def_property_readonly("queued_requests", &PyBatcher::QueuedRequests)
-      .def("estimate_ns", &PyBatcher::EstimateNs, py::arg("rows"))
-      .def("record_latency", &PyBatcher::RecordLatency, py::arg("rows"), py::arg("exec_ns"))
-      .def("estimate_completion_ns", &PyBatcher::EstimateCompletionNs, py::arg("rows"),
-           py::arg("priority") = 0,
-           "Absolute monotonic ns when a request submitted now would finish; 0 without measurements.")
-      .def_property_readonly("batch_cap", &PyBatcher::BatchCap)
-      .def_property_readonly("max_batch_size", [](const PyBatcher& b) { return b.options().max_batch_size; });
+          py::arg("rows"), py::arg("exec_ns"))
+      .def(
+          "estimate_completion_ns",
+          [](const PyModelCore& m, uint32_t rows, uint32_t priority) { return m.model->EstimateCompletionNs(rows, priority); },
+          py::arg("rows"), py::arg("priority") = 0,
+          "Absolute monotonic ns when a request submitted now would finish; 0 without measurements.")
+      .def_property_readonly("batch_cap", [](const PyModelCore& m) { return m.model->batcher().BatchCap(); });
+
+  py::class_<PyInferenceCore>(m, "InferenceCore")
+      .def(py::init<uint32_t>(), py::arg("max_requests"))
+      .def("add_model", [](PyInferenceCore& c, PyModelCore& m) { c.core->AddModel(m.model); })
+      .def(
+          "set_route",
+          [](PyInferenceCore& c, const std::string& name, const std::string& backup, bool on_deadline_miss,
+             const std::vector<py::tuple>& defaults) {
+            std::vector<DefaultOutput> outs;
+            for (const auto& d : defaults)
+              outs.push_back({d[0].cast<std::string>(), Dims(d[1].cast<py::sequence>()), d[2].cast<std::vector<float>>()});
+            c.core->SetRoute(name, backup, on_deadline_miss, std::move(outs));
+          },
+          py::arg("name"), py::arg("backup"), py::arg("on_deadline_miss"), py::arg("defaults"))
+      .def("set_unavailable", [](PyInferenceCore& c, const std::string& name, const std::string& why) { c.core->SetUnavailable(name, why); })
+      .def(
+          "set_circuit",
+          [](PyInferenceCore& c, const std::string& name, int state, int32_t probes) {
+            c.core->SetCircuit(name, static_cast<CircuitState>(state), probes);
+          },
+          py::arg("name"), py::arg("state"), py::arg("probes") = 0)
+      .def("submit_wire", &PyInferenceCore::SubmitWire, py::arg("data"), py::arg("deadline_ns"), py::arg("cq"),
+           py::arg("tag"),
+           "Queued: the handle (int). Answered at once: (value, failed, model_name) where value is bytes or an "
+           "exception instance.")
+      .def("submit", &PyInferenceCore::Submit, py::arg("model"), py::arg("version"), py::arg("inputs"),
+           py::arg("outputs"), py::arg("deadline_ns"), py::arg("priority"), py::arg("cq") = py::none(),
+           py::arg("tag") = 0,
+           "In-process: a Pending (cq None), the handle (queued on cq), or (InferResult,) when answered at once.")
+      .def("cancel", [](PyInferenceCore& c, uint64_t handle) { return c.core->Cancel(handle); })
+      .def("failovers",
+           [](const PyInferenceCore& c) {
+             py::list out;
+             for (const auto& f : c.core->Failovers()) out.append(py::make_tuple(f.model, f.answered_by, f.count));
+             return out;
+           })
+      .def("skips",
+           [](const PyInferenceCore& c) {
+             py::list out;
+             for (const auto& s : c.core->Skips()) out.append(py::make_tuple(s.model, SkipReasonName(s.reason), s.count));
+             return out;
+           })
+      .def_property_readonly("requests_in_use", [](PyInferenceCore& c) { return c.core->pool().in_use(); });
 }

@@ -128,3 +128,32 @@ class TensorSpec:
     @property
     def dtype(self) -> np.dtype:
         return numpy_dtype(self.datatype)
+
+
+def serialize_bytes(array) -> bytes:
+    """Triton's BYTES serialization of ``array`` (row-major): per element a 4-byte
+    little-endian length, then its bytes (str elements are UTF-8 encoded)."""
+    parts = []
+    for item in np.asarray(array, dtype=object).reshape(-1):
+        data = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+        parts.append(len(data).to_bytes(4, "little"))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def deserialize_bytes(data: bytes, shape) -> np.ndarray:
+    """The elements of Triton's BYTES serialization as an object array of ``shape``
+    (UTF-8 text as str, other bytes as bytes), the form ONNX Runtime takes for strings."""
+    items = []
+    at, size = 0, len(data)
+    while at + 4 <= size:
+        n = int.from_bytes(data[at : at + 4], "little")
+        chunk = data[at + 4 : at + 4 + n]
+        try:
+            items.append(chunk.decode("utf-8"))
+        except UnicodeDecodeError:
+            items.append(chunk)
+        at += 4 + n
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out.reshape(shape)

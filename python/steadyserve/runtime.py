@@ -29,9 +29,14 @@ from .errors import (
 from .faults import Fault, FaultInjector
 from .model import InferResult, ServableModel
 from .monitoring.drift import register_drift_collector
-from .monitoring.metrics import Metrics, register_slo_collector
+from .monitoring.metrics import Metrics, register_core_collector, register_slo_collector
 from .repository import scan_repository, validate_model_name
 from .routing import Router
+from .serving.dispatch import Dispatcher
+
+# Requests in flight at once across every model (the core's request pool; memory is
+# taken as requests arrive, not up front).
+MAX_REQUESTS = 16384
 
 log = logging.getLogger("steadyserve.runtime")
 
@@ -60,6 +65,7 @@ class Runtime:
         self.metrics = metrics if metrics is not None else Metrics()
         register_drift_collector(self)  # drift gauges, read from the models at scrape time
         register_slo_collector(self)  # SLO figures (refusals, estimates), read at scrape time
+        register_core_collector(self)  # request and batch figures, read from the core
         self._lock = threading.Lock()
         self._models: dict[str, dict[str, ServableModel]] = {}
         self._index: dict[tuple[str, str], ModelIndexEntry] = {}
@@ -74,7 +80,11 @@ class Runtime:
                     f"repository {self.repository}: no model named {', '.join(missing)} "
                     f"(found: {', '.join(sorted(sources)) or 'none'})"
                 )
-        self.router = Router(self, on_change=self._circuit_changed, metrics=self.metrics)
+        self.dispatcher = Dispatcher(MAX_REQUESTS)
+        self.core = self.dispatcher.core
+        self.router = Router(
+            self, self.core, on_change=self._circuit_changed, metrics=self.metrics
+        )
         for name in sorted(sources):
             if wanted is None or name in wanted:
                 self._load(sources[name], warmup)
@@ -88,6 +98,7 @@ class Runtime:
         if source.error is not None or source.config is None:
             reason = source.error or "no configuration"
             log.error("model failed to load", extra={"model": source.name, "reason": reason})
+            self.core.set_unavailable(source.name, reason)
             self._index[(source.name, "")] = ModelIndexEntry(source.name, "", "UNAVAILABLE", reason)
             return
         for number in source.selected_versions():
@@ -102,14 +113,18 @@ class Runtime:
                         version,
                         source.config,
                         backend,
-                        self.metrics.for_model(source.name, version),
+                        self.dispatcher,
                         faults=FaultInjector(source.name) if self.allow_fault_injection else None,
                     )
-                    model.failure_listener = self.router.unanswered_failures
+                    model.executor.on_batch = self.router.record_batch
                     model.start(
                         warmup=warmup and source.config.onnxruntime.warmup,
                         allow_inline=not self.allow_fault_injection,
                     )
+                    if model.config.execution != "threads":
+                        self.dispatcher.inline.append(model.executor)
+                    self.core.add_model(model.core_model)
+                    self.metrics.model_ready.labels(source.name, version).set(1)
                 except BaseException:
                     backend.close()
                     raise
@@ -161,8 +176,10 @@ class Runtime:
             if problem is not None:
                 reason = f"{source.directory / 'config.yaml'}: {problem}"
                 log.error("failover configuration refused", extra={"model": name, "reason": reason})
+                self.core.set_unavailable(name, reason)
                 for version, model in self._models.pop(name).items():
                     model.close()
+                    self.metrics.model_ready.labels(name, version).set(0)
                     self._index[(name, version)] = ModelIndexEntry(
                         name, version, "UNAVAILABLE", reason
                     )
@@ -272,18 +289,13 @@ class Runtime:
         ``priority`` as Triton reads it (0 = the model's default level, 1 = highest).
         """
         deadline = self._deadline_ns(timeout, deadline_ns)
-        route = self.router.route(model, version, deadline, priority, inputs)
-        while (step := route.next_model()) is not None:
-            target, ticket = step
-            try:
-                result = target.infer(
-                    inputs, deadline_ns=deadline, priority=priority, outputs=outputs
-                )
-            except BaseException as error:
-                route.failed(target, ticket, error)  # re-raises unless the next link should try
-                continue
-            return route.succeeded(target, ticket, result)
-        return route.exhausted(inputs)
+        try:
+            return self.dispatcher.infer(
+                model, version, inputs, deadline_ns=deadline, priority=priority, outputs=outputs
+            )
+        except NotFoundError:
+            self.require_known(model)  # a malformed name gets its own message
+            raise
 
     async def infer_async(
         self,
@@ -298,18 +310,13 @@ class Runtime:
     ) -> InferResult:
         """Run one request from asyncio (same arguments as ``infer``)."""
         deadline = self._deadline_ns(timeout, deadline_ns)
-        route = self.router.route(model, version, deadline, priority, inputs)
-        while (step := route.next_model()) is not None:
-            target, ticket = step
-            try:
-                result = await target.infer_async(
-                    inputs, deadline_ns=deadline, priority=priority, outputs=outputs
-                )
-            except BaseException as error:
-                route.failed(target, ticket, error)  # re-raises unless the next link should try
-                continue
-            return route.succeeded(target, ticket, result)
-        return route.exhausted(inputs)
+        try:
+            return await self.dispatcher.infer_async(
+                model, version, inputs, deadline_ns=deadline, priority=priority, outputs=outputs
+            )
+        except NotFoundError:
+            self.require_known(model)
+            raise
 
     # ----------------------------------------------------------------- fault injection
 
@@ -347,6 +354,8 @@ class Runtime:
             self._closed = True
         for model in self.models():
             model.close(timeout)
+            self.metrics.model_ready.labels(model.name, model.version).set(0)
+        self.router.close()
 
     def __enter__(self) -> Runtime:
         return self

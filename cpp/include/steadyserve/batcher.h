@@ -1,30 +1,41 @@
 // Batcher: the per-model dynamic batching queue of the native core.
 //
-// Producers (request handlers, any thread) call Submit: the request's rows are
-// copied into a staging slot owned by the batcher, so the caller's memory is
-// free again when Submit returns. Consumers (one executor thread per model
-// instance) call NextBatch: it blocks, with no locks held while waiting, until a
-// batch should close, gathers the queued rows into one of the preallocated batch
-// buffers and hands that buffer to the executor until Complete.
+// Producers (any thread) Submit requests whose inputs are already decoded (and
+// transformed) in the Request; the batcher queues the Request itself, per
+// priority level, so submitting copies nothing. Consumers (one executor per
+// model instance, or the submitting thread in inline mode) call NextBatch: it
+// blocks, with no locks held while waiting, until a batch should close, then
+// gathers the queued rows into one of the preallocated batch buffers (the one
+// copy after decoding) and hands that buffer to the executor until Complete.
 //
 // A batch closes when
 //   * the queued rows reach max_batch_size (or the largest preferred size),
 //   * max_queue_delay has passed since its oldest request was queued
-//     (max_queue_delay 0: at once, whatever is queued: batching then comes only
-//     from requests that arrive while the executor is busy, and a lone request
-//     never waits),
-//   * the oldest deadline's slack no longer covers the latency model's estimate
-//     for the batch so far plus the margin, or
+//     (max_queue_delay 0: at once, whatever is queued),
+//   * the earliest deadline of any queued request (a min-deadline index, not
+//     just the level heads) leaves no slack for the latency model's estimate
+//     of the batch so far plus the margin, or
 //   * the batcher is stopping (drain).
-// Requests whose deadline passed while queued, and cancelled ones, are never
-// executed: expired ones are reported back in Batch::dropped.
 //
-// Memory: staging slots grow to the largest request they held and are reused;
-// batch buffers are sized max_batch_size rows per input and allocated once.
-// Nothing on the submit or dispatch path allocates in steady state.
+// Deadlines: every admitted request with a deadline is in the min-deadline
+// index. ExpireDue (called by the model's reaper thread at the index's next
+// deadline) withdraws queued requests whose deadline passed — they are never
+// executed and stop counting as queued work at once — and reports requests
+// that are executing past their deadline, so their callers are answered on
+// time. NextBatch skips expired requests too.
 //
-// Thread-safety: every public method may be called from any thread. The batcher
-// starts no threads of its own; whoever calls NextBatch is the dispatcher.
+// Ownership: on OK from Submit the batcher holds the core's reference to the
+// request until it is handed out by NextBatch (in Batch::items, to the
+// executor) or returned in Batch::dropped / ExpireDue's lists (to the caller,
+// who answers them and releases the reference). Withdrawn requests (cancelled
+// or expired) are released through the pool when their slot in the queue is
+// popped.
+//
+// Memory: batch buffers are sized max_batch_size rows per fixed-size input and
+// allocated once; variable-size (BYTES) inputs grow to the largest batch seen.
+// Queue rings and the deadline index are sized from the pool's capacity.
+//
+// Thread-safety: every public method may be called from any thread.
 #pragma once
 
 #include <condition_variable>
@@ -34,19 +45,18 @@
 #include <string>
 #include <vector>
 
-#include "steadyserve/feature_transform.h"
+#include "steadyserve/clock.h"
 #include "steadyserve/latency_model.h"
+#include "steadyserve/request.h"
 #include "steadyserve/status.h"
 
 namespace steadyserve {
 
-// One model input as the batcher sees it: bytes per row (all non-batch elements).
-// With a transform (float32 inputs only), Submit runs the fused validate /
-// impute / scale / drift-count pass instead of a plain copy.
+// One model input as the batcher sees it: bytes per row, or 0 for a
+// variable-size (BYTES) input whose rows are as long as the request made them.
 struct InputLayout {
   std::string name;
   uint64_t row_bytes = 0;
-  std::shared_ptr<FeatureTransform> transform;  // may be null
 };
 
 struct BatcherOptions {
@@ -62,27 +72,13 @@ struct BatcherOptions {
   int64_t slack_margin_ns = 0;                  // added to execution estimates, >= 0
   int64_t slo_latency_ns = 0;                   // > 0: cap batches so estimated execution + margin fits
   bool admission_control = false;               // refuse at submit when the estimate misses the deadline
-};
-
-// What Submit did besides queueing: a full queue may make room for a request of
-// a higher priority level by evicting the newest request of a lower one. The
-// caller answers the evicted request (RESOURCE_EXHAUSTED).
-struct SubmitResult {
-  uint64_t handle = 0;
-  bool evicted = false;
-  uint64_t evicted_token = 0;
+  const Clock* clock = nullptr;                 // nullptr: the steady clock
 };
 
 struct BatchItem {
-  uint64_t token;   // the caller's token from Submit
+  Request* request;
   uint32_t offset;  // first row of this request in the batch buffer
   uint32_t rows;
-  int64_t enqueue_ns;  // steady clock when it was queued
-};
-
-struct DroppedItem {
-  uint64_t token;
-  StatusCode code;  // kDeadlineExceeded
 };
 
 // Filled by NextBatch; reuse one per executor so its vectors keep their capacity.
@@ -93,8 +89,7 @@ struct Batch {
   int64_t formed_ns = 0;
   bool stopped = false;  // stopping and nothing left: the executor should exit
   std::vector<BatchItem> items;
-  std::vector<DroppedItem> dropped;
-  std::vector<uint32_t> slots;  // internal: staging slots being copied from
+  std::vector<Request*> dropped;  // expired while queued: answer DEADLINE_EXCEEDED, then release
 };
 
 struct BatcherStats {
@@ -103,7 +98,6 @@ struct BatcherStats {
   uint64_t rejected_deadline = 0;  // deadline already passed at submit
   uint64_t rejected_stopped = 0;
   uint64_t rejected_admission = 0;  // estimated completion after the deadline
-  uint64_t rejected_invalid = 0;    // refused by an input's feature transform
   uint64_t evicted = 0;             // shed from a lower priority level for a higher one
   uint64_t expired = 0;             // deadline passed while queued, never executed
   uint64_t cancelled = 0;
@@ -111,80 +105,84 @@ struct BatcherStats {
   uint64_t rows_executed = 0;
   uint32_t queued_requests = 0;
   uint32_t queued_rows = 0;
+  uint32_t executing = 0;  // batches handed out and not completed
 };
 
 class Batcher {
  public:
-  // Validates options; on OK *out owns a ready batcher.
-  static Status Create(const BatcherOptions& options, std::unique_ptr<Batcher>* out);
+  // Validates options; on OK *out owns a ready batcher. `pool` outlives it.
+  static Status Create(const BatcherOptions& options, RequestPool* pool, std::unique_ptr<Batcher>* out);
   ~Batcher();
   Batcher(const Batcher&) = delete;
   Batcher& operator=(const Batcher&) = delete;
 
-  // Queues one request of `rows` rows. inputs[i] points to rows * row_bytes(i)
-  // bytes (read only during the call). deadline_ns: absolute steady-clock time,
-  // 0 for none. priority: 0 .. priority_levels-1. On OK result->handle
-  // identifies the request for Cancel. Errors: INVALID_ARGUMENT (rows, input
-  // count, priority), DEADLINE_EXCEEDED (already past, or with admission
-  // control: estimated to finish after it), RESOURCE_EXHAUSTED (queue full and
-  // nothing of a lower level to shed), UNAVAILABLE (stopping).
-  Status Submit(uint64_t token, const uint8_t* const* inputs, size_t n_inputs, uint32_t rows,
-                int64_t deadline_ns, uint32_t priority, SubmitResult* result);
+  // Queues `r` (rows, inputs, deadline_ns set) at priority `level`
+  // (0 .. priority_levels-1). Errors: INVALID_ARGUMENT (rows, level),
+  // DEADLINE_EXCEEDED (already past, or with admission control: estimated to
+  // finish after it), RESOURCE_EXHAUSTED (queue full and nothing of a lower
+  // level to shed), UNAVAILABLE (stopping); on error the caller keeps `r`.
+  // *evicted: a request of a lower level shed to make room (answer it
+  // RESOURCE_EXHAUSTED and release it), or nullptr.
+  Status Submit(Request* r, uint32_t level, Request** evicted);
 
-  // When a request of `rows` rows at `priority` submitted now would finish:
-  // absolute steady-clock ns, or 0 while the latency model has no data.
-  int64_t EstimateCompletionNs(uint32_t rows, uint32_t priority) const;
+  // When a request of `rows` rows at `level` submitted now would finish:
+  // absolute ns, or 0 while the latency model has no data.
+  int64_t EstimateCompletionNs(uint32_t rows, uint32_t level) const;
 
   // Largest batch the dispatcher forms now (max_batch_size, or less to fit the SLO).
   uint32_t BatchCap() const;
-
   // Re-derives the batch cap from the latency model (Complete does this too).
   void RefreshCap();
 
-  // Withdraws a queued request: true if it was still queued (it will never
-  // execute), false if it is already in a batch, done, or unknown.
-  bool Cancel(uint64_t handle);
+  // Takes `r` out of the queue if it is still queued here (it will never execute).
+  bool Withdraw(Request* r);
 
-  // Blocks until there is a batch, dropped requests to report, the timeout
+  // Blocks until there is a batch, expired requests to report, the timeout
   // passes (timeout_ns < 0: no timeout), or the batcher has stopped and drained.
   // On a batch the buffer belongs to the caller until Complete.
   Status NextBatch(int64_t timeout_ns, Batch* batch);
 
-  // Pointer to input `input` of batch buffer `buffer` (max_batch_size rows).
+  // Input `input` of batch buffer `buffer`, and its size for the current batch.
   uint8_t* BufferData(uint32_t buffer, size_t input);
+  size_t BufferSize(uint32_t buffer, size_t input) const;
 
-  // Returns the buffer and records the batch's execution time in the latency model.
-  void Complete(uint32_t buffer, uint32_t rows, int64_t exec_ns);
+  // Returns the batch's buffer and detaches its requests (the caller then
+  // answers or resubmits them); records the execution time in the latency
+  // model (exec_ns < 0: record nothing).
+  void Complete(const Batch& batch, int64_t exec_ns);
+
+  // Deadlines due at `now`: queued requests whose deadline passed are withdrawn
+  // into *queued (answer only: they stay in their ring slot, and the batcher
+  // releases the core's reference when it pops that slot — unlike Batch::dropped,
+  // which the caller releases), executing ones appended to *executing
+  // (answer only: their batch still holds them). Returns the next deadline in
+  // the index (0: none).
+  int64_t ExpireDue(int64_t now, std::vector<Request*>* queued, std::vector<Request*>* executing);
+  // Blocks until `until_ns` (0: no deadline), a new earlier deadline is indexed, or StopReaper.
+  void WaitForDeadline(int64_t until_ns);
+  // Wakes the reaper for good (after the executors have drained).
+  void StopReaper();
+  bool ReaperStopped() const;
 
   // Stops accepting; queued requests are still handed out, then NextBatch
   // reports stopped. Idempotent; joins nothing.
   void Stop();
+  bool stopping() const;
 
   BatcherStats Stats() const;
   const BatcherOptions& options() const { return options_; }
   LatencyModel& latency_model() { return latency_; }
-
-  static int64_t NowNs();
+  const LatencyModel& latency_model() const { return latency_; }
+  int64_t NowNs() const { return clock_->NowNs(); }
 
  private:
-  enum class SlotState : uint8_t { kFree, kFilling, kQueued, kCancelled, kTaken };
-  struct Slot {
-    uint64_t token = 0;
-    uint32_t generation = 0;
-    uint32_t rows = 0;
-    uint32_t priority = 0;
-    int64_t deadline_ns = 0;
-    int64_t enqueue_ns = 0;
-    SlotState state = SlotState::kFree;
-    std::vector<std::vector<uint8_t>> data;  // per input, rows * row_bytes
-  };
-  // Fixed-capacity FIFO of slot indices, one per priority level.
+  // Fixed-capacity FIFO of requests, one per priority level.
   struct Ring {
-    std::vector<uint32_t> items;
+    std::vector<Request*> items;
     size_t head = 0;
     size_t size = 0;
-    uint32_t front() const { return items[head]; }
-    void push(uint32_t v) {
+    Request* front() const { return items[head]; }
+    void push(Request* v) {
       items[(head + size) % items.size()] = v;
       ++size;
     }
@@ -192,32 +190,47 @@ class Batcher {
       head = (head + 1) % items.size();
       --size;
     }
-    uint32_t back() const { return items[(head + size - 1) % items.size()]; }
+    Request* back() const { return items[(head + size - 1) % items.size()]; }
     void pop_back() { --size; }
   };
+  struct DeadlineEntry {
+    int64_t deadline_ns;
+    Request* request;
+    uint32_t generation;
+    bool operator>(const DeadlineEntry& o) const { return deadline_ns > o.deadline_ns; }
+  };
 
-  explicit Batcher(const BatcherOptions& options);
-  void FreeSlotLocked(uint32_t index);
-  int64_t EstimateCompletionLocked(int64_t now, uint32_t rows, uint32_t priority) const;
-  // Frees the newest queued request of the lowest level below `priority`; false if none.
-  bool EvictLowerLocked(uint32_t priority, uint64_t* token);
-  // A queued request (already popped from its level) whose deadline passed: counted,
-  // reported in batch->dropped, its slot freed.
-  void ExpireLocked(uint32_t index, Batch* batch);
-  // Pops cancelled and expired requests from the front of every level.
+  Batcher(const BatcherOptions& options, RequestPool* pool);
+  int64_t EstimateCompletionLocked(int64_t now, uint32_t rows, uint32_t level) const;
+  bool EvictLowerLocked(uint32_t level, Request** evicted);
+  void UnqueueLocked(Request* r);  // counts a queued request as gone
+  // Pops withdrawn requests from the front of every level, and expired ones into batch->dropped.
   void PruneHeadsLocked(int64_t now, Batch* batch);
+  // True when the index entry still names a request that is here in `state`.
+  bool LiveLocked(const DeadlineEntry& e, RequestState state) const;
+  // Earliest live deadline of a heap (0: none), dropping stale entries on the way.
+  int64_t EarliestLocked(std::vector<DeadlineEntry>* heap, RequestState state);
+  void PushDeadlineLocked(std::vector<DeadlineEntry>* heap, Request* r, RequestState state);
   uint32_t TargetRows() const;
-  uint32_t AheadRowsLocked(uint32_t priority) const;
+  uint32_t AheadRowsLocked(uint32_t level) const;
+  void WaitLocked(std::unique_lock<std::mutex>& lock, int64_t until_ns);
 
   const BatcherOptions options_;
+  const Clock* clock_;
+  RequestPool* pool_;
   LatencyModel latency_;
 
   mutable std::mutex mu_;
-  std::condition_variable cv_;
+  std::condition_variable cv_;         // executors: work, buffers, stop
+  std::condition_variable reaper_cv_;  // the reaper: an earlier deadline, stop
   bool stopping_ = false;
-  std::vector<Slot> slots_;
-  std::vector<uint32_t> free_slots_;
+  bool reaper_stop_ = false;
   std::vector<Ring> levels_;
+  // Min-deadline indexes (heaps, std::greater), stale entries dropped lazily:
+  // queued requests (batch closing, expiry in the queue) and executing ones
+  // (answering on time a request whose batch runs past its deadline).
+  std::vector<DeadlineEntry> queued_deadlines_;
+  std::vector<DeadlineEntry> executing_deadlines_;
   uint32_t queued_requests_ = 0;
   uint32_t queued_rows_ = 0;
   std::vector<uint32_t> level_rows_;      // queued rows per level
@@ -226,11 +239,13 @@ class Batcher {
   uint64_t next_batch_id_ = 1;
   BatcherStats stats_;
 
-  // buffers_[b][i]: batch buffer b, input i.
+  // buffers_[b][i]: batch buffer b, input i; sizes_[b][i]: its bytes in the current batch.
   std::vector<std::vector<std::vector<uint8_t>>> buffers_;
+  std::vector<std::vector<size_t>> sizes_;
   std::vector<uint32_t> free_buffers_;
   std::vector<int64_t> inflight_start_ns_;  // per buffer: when its batch formed, 0 when free
   std::vector<uint32_t> inflight_rows_;
+  std::vector<Request*> gather_;  // reused by NextBatch
 };
 
 }  // namespace steadyserve

@@ -1,9 +1,10 @@
 """Prometheus metrics of a Runtime.
 
 Each Runtime owns a CollectorRegistry (so several runtimes, e.g. in tests, never
-collide in the global one). Label children are bound once per model version in
-``ModelMetrics``: looking a child up by labels on every request costs more than
-the observation itself.
+collide in the global one). Request and batch figures live in the native core
+(atomics, counted where they happen) and are read at scrape time by
+``CoreCollector``: nothing is counted twice, and the request path never touches
+a Python metric. The families kept here change on the control plane only.
 
 Names follow Prometheus conventions: counters end in ``_total`` (added by the
 client library), durations are ``_seconds`` histograms, labels ``model`` and
@@ -17,9 +18,13 @@ import weakref
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
-from .histogram import BatchedHistogram
 
 log = logging.getLogger("steadyserve.monitoring.metrics")
 
@@ -52,49 +57,6 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         labels = ["model", "version"]
         r = self.registry
-        self.requests = Counter(
-            "steadyserve_requests",
-            "Inference requests by outcome (success or the gRPC status code name, lower case).",
-            labels + ["outcome"],
-            registry=r,
-        )
-        self.request_duration = BatchedHistogram(
-            "steadyserve_request_duration_seconds",
-            "Time from a request reaching the model to its answer (queue + compute).",
-            labels,
-            LATENCY_BUCKETS,
-            r,
-        )
-        self.queue_duration = BatchedHistogram(
-            "steadyserve_queue_duration_seconds",
-            "Time a request waited in the batcher queue before its batch formed.",
-            labels,
-            LATENCY_BUCKETS,
-            r,
-        )
-        self.compute_duration = Histogram(
-            "steadyserve_compute_duration_seconds",
-            "ONNX Runtime execution time per batch.",
-            labels,
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.batch_size = Histogram(
-            "steadyserve_batch_size",
-            "Rows per executed batch.",
-            labels,
-            buckets=BATCH_SIZE_BUCKETS,
-            registry=r,
-        )
-        self.queue_depth = Gauge(
-            "steadyserve_queue_depth", "Requests waiting in the batcher queue.", labels, registry=r
-        )
-        self.slo_requests = Counter(
-            "steadyserve_slo_requests",
-            "Answered requests by whether they met the model's latency SLO (result=met|missed).",
-            labels + ["result"],
-            registry=r,
-        )
         self.model_ready = Gauge(
             "steadyserve_model_ready",
             "1 when the model version is ready to serve.",
@@ -115,20 +77,6 @@ class Metrics:
             registry=r,
         )
 
-        self.failovers = Counter(
-            "steadyserve_failovers",
-            "Requests answered by a backup (or the default output) instead of the model asked.",
-            ["model", "answered_by"],
-            registry=r,
-        )
-        self.failover_triggers = Counter(
-            "steadyserve_failover_triggers",
-            "Times a model was passed over for the next link of its chain, by reason "
-            "(execution_error, execution_timeout, bad_output, not_ready, circuit_open, deadline, "
-            "or the error class of a refusal).",
-            ["model", "reason"],
-            registry=r,
-        )
         self.event_loop_lag = Histogram(
             "steadyserve_event_loop_lag_seconds",
             "How late the server's event loop ran a timer (sampled every 50 ms): how long "
@@ -141,53 +89,6 @@ class Metrics:
     def circuit_changed(self, model: str, state: str) -> None:
         self.circuit_state.labels(model).set({"closed": 0, "half_open": 1, "open": 2}[state])
         self.circuit_transitions.labels(model, state).inc()
-
-    def for_model(self, name: str, version: str) -> ModelMetrics:
-        return ModelMetrics(self, name, version)
-
-
-class ModelMetrics:
-    """The children of every family for one model version."""
-
-    def __init__(self, metrics: Metrics, name: str, version: str):
-        self._metrics = metrics
-        self._labels = (name, version)
-        self._outcomes: dict[str, Counter] = {}
-        self.request_duration = metrics.request_duration.labels(name, version)
-        self.queue_duration = metrics.queue_duration.labels(name, version)
-        self.compute_duration = metrics.compute_duration.labels(name, version)
-        self.batch_size = metrics.batch_size.labels(name, version)
-        self.queue_depth = metrics.queue_depth.labels(name, version)
-        self.ready = metrics.model_ready.labels(name, version)
-        self.slo_met = metrics.slo_requests.labels(name, version, "met")
-        self.slo_missed = metrics.slo_requests.labels(name, version, "missed")
-
-    def _counter(self, outcome: str) -> Counter:
-        counter = self._outcomes.get(outcome)
-        if counter is None:
-            counter = self._metrics.requests.labels(*self._labels, outcome)
-            self._outcomes[outcome] = counter
-        return counter
-
-    def request_done(self, outcome: str, duration_s: float | None = None) -> None:
-        self._counter(outcome).inc()
-        if duration_s is not None:
-            self.request_duration.observe(duration_s)
-
-    def requests_done(self, outcome: str, durations_s) -> None:
-        """A batch's worth of answers with the same outcome."""
-        self._counter(outcome).inc(len(durations_s))
-        self.request_duration.observe_many(durations_s)
-
-    def slo_results(self, met: int, missed: int) -> None:
-        if met:
-            self.slo_met.inc(met)
-        if missed:
-            self.slo_missed.inc(missed)
-
-    def batch_done(self, rows: int, compute_s: float) -> None:
-        self.batch_size.observe(rows)
-        self.compute_duration.observe(compute_s)
 
 
 class RuntimeCollector:
@@ -267,8 +168,7 @@ class SloCollector(RuntimeCollector):
                 cap.add_metric(key, report["batch_cap"])
                 if report["latency_ms"]:
                     slo.add_metric(key, report["latency_ms"] / 1000.0)
-                formed = model.batcher_stats()["batches"]
-                executing.add_metric(key, max(0, formed - model.statistics().execution_count))
+                executing.add_metric(key, model.batcher_stats()["executing"])
             except Exception:  # one model's trouble must not take /metrics down
                 log.exception("SLO figures failed", extra={"model": model.name})
         yield from (refused, estimate, cap, slo, executing)
@@ -277,6 +177,145 @@ class SloCollector(RuntimeCollector):
 _SLO_COLLECTORS: weakref.WeakKeyDictionary[CollectorRegistry, SloCollector] = (
     weakref.WeakKeyDictionary()
 )
+
+
+# Status code numbers -> the outcome label of steadyserve_requests_total.
+OUTCOMES = {
+    0: "success",
+    1: "cancelled",
+    3: "invalid_argument",
+    4: "deadline_exceeded",
+    5: "not_found",
+    8: "resource_exhausted",
+    13: "internal",
+    14: "unavailable",
+}
+
+
+def _histogram(name: str, doc: str, labels, key, raw, scale: float) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc, labels=labels)
+    bounds, counts, total = raw
+    cumulative, buckets = 0, []
+    for bound, count in zip(bounds, counts, strict=False):
+        cumulative += count
+        buckets.append((repr(bound * scale), cumulative))
+    cumulative += counts[-1]
+    buckets.append(("+Inf", cumulative))
+    family.add_metric(key, buckets, total * scale)
+    return family
+
+
+class CoreCollector(RuntimeCollector):
+    """Request and batch figures, read from the native core at scrape time:
+    ``steadyserve_requests_total{outcome}``, request / queue / compute duration and
+    batch size histograms, queue depth, SLO met/missed, failovers and their triggers.
+    A model's failures include requests its backup then answered (those are also in
+    ``steadyserve_failovers_total`` and the answering model's success count)."""
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["model", "version"]
+        requests = CounterMetricFamily(
+            "steadyserve_requests",
+            "Inference requests by outcome (success or the gRPC status code name, lower case).",
+            labels=[*labels, "outcome"],
+        )
+        depth = GaugeMetricFamily(
+            "steadyserve_queue_depth", "Requests waiting in the batcher queue.", labels=labels
+        )
+        slo = CounterMetricFamily(
+            "steadyserve_slo_requests",
+            "Answered requests by whether they met the model's latency SLO (result=met|missed).",
+            labels=[*labels, "result"],
+        )
+        families: dict[str, list[HistogramMetricFamily]] = {
+            "request": [],
+            "queue": [],
+            "compute": [],
+            "batch_size": [],
+        }
+        docs = {
+            "request": (
+                "steadyserve_request_duration_seconds",
+                "Time from a request reaching the model to its answer (queue + compute).",
+                1e-9,
+            ),
+            "queue": (
+                "steadyserve_queue_duration_seconds",
+                "Time a request waited in the batcher queue before its batch formed.",
+                1e-9,
+            ),
+            "compute": (
+                "steadyserve_compute_duration_seconds",
+                "ONNX Runtime execution time per batch.",
+                1e-9,
+            ),
+            "batch_size": ("steadyserve_batch_size", "Rows per executed batch.", 1.0),
+        }
+        failovers = CounterMetricFamily(
+            "steadyserve_failovers",
+            "Requests answered by a backup (or the default output) instead of the model asked.",
+            labels=["model", "answered_by"],
+        )
+        triggers = CounterMetricFamily(
+            "steadyserve_failover_triggers",
+            "Times a model was passed over for the next link of its chain, by reason "
+            "(execution_error, execution_timeout, bad_output, not_ready, circuit_open, deadline, "
+            "or the error class of a refusal).",
+            labels=["model", "reason"],
+        )
+        for runtime_ref in list(self._runtimes):
+            runtime = runtime_ref()
+            if runtime is None:
+                continue
+            for primary, answered_by, count in runtime.core.failovers():
+                failovers.add_metric([primary, answered_by], count)
+            for model, reason, count in runtime.core.skips():
+                triggers.add_metric([model, reason], count)
+        for model in self.models():
+            try:
+                key = [model.name, str(model.version)]
+                core = model.core_model
+                raw = core.statistics()
+                for code, count in sorted(raw["outcomes"].items()):
+                    requests.add_metric([*key, OUTCOMES.get(code, str(code))], count)
+                depth.add_metric(key, core.queued_requests)
+                if model.slo_latency_ms:
+                    slo.add_metric([*key, "met"], raw["slo_met"])
+                    slo.add_metric([*key, "missed"], raw["slo_missed"])
+                for what, hist in core.histograms().items():
+                    name, doc, scale = docs[what]
+                    families[what].append(_histogram(name, doc, labels, key, hist, scale))
+            except Exception:  # one model's trouble must not take /metrics down
+                log.exception("core figures failed", extra={"model": model.name})
+        yield requests
+        yield depth
+        yield slo
+        for what, parts in families.items():
+            if not parts:
+                continue
+            merged = parts[0]
+            for extra in parts[1:]:
+                merged.samples.extend(extra.samples)
+            yield merged
+        yield failovers
+        yield triggers
+
+
+_CORE_COLLECTORS: weakref.WeakKeyDictionary[CollectorRegistry, CoreCollector] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def register_core_collector(runtime) -> CoreCollector:
+    """Export the core's figures of ``runtime``'s models in ``runtime.metrics.registry``."""
+    registry = runtime.metrics.registry
+    collector = _CORE_COLLECTORS.get(registry)
+    if collector is None:
+        collector = CoreCollector()
+        registry.register(collector)
+        _CORE_COLLECTORS[registry] = collector
+    collector.add(runtime)
+    return collector
 
 
 def register_slo_collector(runtime) -> SloCollector:

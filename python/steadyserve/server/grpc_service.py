@@ -22,7 +22,6 @@ from google.protobuf import message_factory
 
 from .._proto import grpc_predict_v2_pb2 as pb
 from ..errors import InvalidArgumentError, NotFoundError, SteadyServeError, UnavailableError
-from . import codec
 from .status import abort_with
 
 log = logging.getLogger("steadyserve.server")
@@ -44,55 +43,10 @@ def server_version() -> str:
         return "0+unknown"
 
 
-def _param_value(request, key: str):
-    """The value of request parameter ``key`` (whichever oneof member is set), or None."""
-    if key not in request.parameters:
-        return None
-    fields = request.parameters[key].ListFields()
-    return fields[0][1] if fields else None
-
-
-def _int_param(request, key: str, what: str) -> int | None:
-    value = _param_value(request, key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidArgumentError(
-            f"request parameter '{key}' must be an integer ({what}); got {value!r}"
-        )
-    if value < 0:
-        raise InvalidArgumentError(f"request parameter '{key}' must be >= 0 ({what}); got {value}")
-    return value
-
-
 # Of a gRPC deadline, the part kept for the answer's way back: the server aims to answer
 # (or refuse) before the client gives up, and a client cancelling at its deadline then
 # finds the request already expired here rather than merely cancelled.
 RESPONSE_ALLOWANCE_NS = 1_000_000
-
-
-def request_deadline_ns(request, context) -> int | None:
-    """Absolute ``time.monotonic_ns()`` deadline of a request, or None for the model default.
-
-    The gRPC deadline (what the client will wait, less ``RESPONSE_ALLOWANCE_NS`` for the
-    answer's way back) and the ``timeout`` parameter (Triton's convention, microseconds;
-    0 means unset) are both promises about the same request; when both are given the
-    earlier one binds.
-    """
-    now = time.monotonic_ns()
-    candidates = []
-    remaining_s = context.time_remaining()
-    if remaining_s is not None:
-        candidates.append(now + max(0, int(remaining_s * 1e9) - RESPONSE_ALLOWANCE_NS))
-    timeout_us = _int_param(request, "timeout", "microseconds")
-    if timeout_us:
-        candidates.append(now + timeout_us * 1000)
-    return min(candidates) if candidates else None
-
-
-def request_priority(request) -> int:
-    value = _int_param(request, "priority", "0 is the default level")
-    return 0 if value is None else value
 
 
 def _version_key(version: str):
@@ -168,23 +122,6 @@ class InferenceServicer:
         return response
 
     # -- inference -----------------------------------------------------------------------
-
-    async def ModelInfer(self, request, context):
-        # NOT_FOUND for an unknown model before decoding anything; the runtime then
-        # routes the request (failover to a backup when the model cannot answer).
-        self._runtime.require_known(request.model_name)
-        decoded = codec.decode_request(request)
-        deadline_ns = request_deadline_ns(request, context)
-        priority = request_priority(request)
-        result = await self._runtime.infer_async(
-            request.model_name,
-            decoded.inputs,
-            version=request.model_version or None,
-            deadline_ns=deadline_ns,
-            priority=priority,
-            outputs=decoded.requested_outputs,
-        )
-        return codec.encode_response(result, decoded.id)
 
     # -- statistics and repository -------------------------------------------------------
 
@@ -334,12 +271,65 @@ def _unimplemented_handler(method) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(unary)
 
 
+def _model_infer_handler(servicer: InferenceServicer) -> grpc.RpcMethodHandler:
+    """ModelInfer, bytes in and bytes out: the native core parses, checks, routes, queues
+    and answers the request (a serialized ModelInferResponse); this coroutine only
+    hands the bytes over and awaits the answer — a handful of Python operations."""
+    runtime = servicer._runtime
+    core = runtime.core
+    dispatcher = runtime.dispatcher
+
+    async def handler(data: bytes, context):
+        remaining = context.time_remaining()
+        deadline = 0
+        if remaining is not None:
+            deadline = time.monotonic_ns() + max(0, int(remaining * 1e9) - RESPONSE_ALLOWANCE_NS)
+        loop = asyncio.get_running_loop()
+        completions = dispatcher.completions(loop)
+        tag = next(completions.tags)
+        submitted = core.submit_wire(data, deadline, completions.queue, tag)
+        if type(submitted) is int:
+            future = loop.create_future()
+            completions.futures[tag] = future
+            if dispatcher.inline and not dispatcher._drain_scheduled:
+                dispatcher._drain_scheduled = True
+                loop.call_soon(dispatcher._drain_soon)
+            try:
+                return await future
+            except asyncio.CancelledError:
+                completions.futures.pop(tag, None)
+                core.cancel(submitted)
+                raise
+            except SteadyServeError as error:
+                failure = error
+        else:
+            value, failed, model_name = submitted
+            if not failed:
+                return value
+            failure = value
+            if isinstance(failure, NotFoundError):
+                try:  # the name rule's own message for a malformed name
+                    runtime.require_known(model_name)
+                except SteadyServeError as error:
+                    failure = error
+        if context.time_remaining() == 0:
+            # The gRPC deadline has passed: gRPC answers DEADLINE_EXCEEDED itself.
+            raise asyncio.CancelledError() from None
+        await abort_with(context, failure, method="ModelInfer")
+
+    return grpc.unary_unary_rpc_method_handler(
+        handler, request_deserializer=None, response_serializer=None
+    )
+
+
 def add_inference_service(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
     """Register ``servicer`` as ``inference.GRPCInferenceService`` on ``server``."""
     handlers = {}
     for method in _SERVICE.methods:
         impl = getattr(servicer, method.name, None)
-        if impl is None or method.client_streaming or method.server_streaming:
+        if method.name == "ModelInfer":
+            handlers[method.name] = _model_infer_handler(servicer)
+        elif impl is None or method.client_streaming or method.server_streaming:
             handlers[method.name] = _unimplemented_handler(method)
         else:
             handlers[method.name] = _unary_handler(

@@ -1,0 +1,178 @@
+"""How Python callers hand requests to the native core and get their answers.
+
+Sync callers: one native call submits (the core decodes, routes, queues), then
+the caller waits inside the core with the GIL released. asyncio callers: the
+core answers into a completion queue per event loop whose eventfd the loop
+watches, so a batch's answers wake the loop once. Inline models (fast ones run
+on the submitting thread) are drained right after a submit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .. import _core, _native  # noqa: F401  (_native hands the core our exception types)
+import numpy as np
+
+from ..datatypes import serialize_bytes
+from ..errors import InvalidArgumentError
+
+
+class LoopCompletions:
+    """The completion queue of one event loop and the futures waiting on it."""
+
+    def __init__(self, core, loop: asyncio.AbstractEventLoop):
+        self.core = core
+        self.loop = loop
+        self.queue = _core.CompletionQueue()
+        self.futures: dict[int, asyncio.Future] = {}
+        self.tags = itertools.count(1)
+        loop.add_reader(self.queue.fd, self.drain)
+
+    def drain(self) -> None:
+        futures = self.futures
+        for tag, value, failed in self.queue.drain(self.core):
+            future = futures.pop(tag, None)
+            if future is None or future.done():
+                continue  # the caller gave up
+            if failed:
+                future.set_exception(value)
+            else:
+                future.set_result(value)
+
+    def close(self) -> None:
+        try:
+            self.loop.remove_reader(self.queue.fd)
+        except (RuntimeError, ValueError):  # the loop is closed already
+            pass
+
+
+class Dispatcher:
+    """Submits in-process requests to an ``_core.InferenceCore``."""
+
+    def __init__(self, max_requests: int):
+        self.core = _core.InferenceCore(max_requests)
+        self._loops: dict[asyncio.AbstractEventLoop, LoopCompletions] = {}
+        self._loops_lock = threading.Lock()
+        self.inline: list = []  # executors of inline models: drained after a submit
+        self._drain_scheduled = False
+
+    def completions(self, loop: asyncio.AbstractEventLoop) -> LoopCompletions:
+        c = self._loops.get(loop)
+        if c is None:
+            with self._loops_lock:
+                c = self._loops.get(loop)
+                if c is None:
+                    c = self._loops[loop] = LoopCompletions(self.core, loop)
+        return c
+
+    def forget_loop(self, loop) -> None:
+        with self._loops_lock:
+            c = self._loops.pop(loop, None)
+        if c is not None:
+            c.close()
+
+    def run_inline(self) -> None:
+        for executor in self.inline:
+            if executor.inline:
+                executor.drain()
+
+    def _drain_soon(self) -> None:
+        # Scheduled after a submit on the loop: every request that reached the loop in the
+        # same iteration is queued by now, so they share this batch.
+        self._drain_scheduled = False
+        self.run_inline()
+
+    @staticmethod
+    def _inputs(inputs) -> Mapping[str, Any]:
+        if not isinstance(inputs, Mapping):
+            raise InvalidArgumentError("inputs must be a mapping of input name to array")
+        out = {}
+        for name, value in inputs.items():
+            array = value if isinstance(value, np.ndarray) else np.asarray(value)
+            if array.dtype.kind in "OSU":  # strings: Triton's BYTES serialization
+                out[name] = (serialize_bytes(array), list(array.shape))
+            else:
+                out[name] = array
+        return out
+
+    def infer(
+        self,
+        model: str,
+        version: str | None,
+        inputs,
+        *,
+        deadline_ns: int | None = None,
+        priority: int = 0,
+        outputs: Sequence[str] | None = None,
+    ):
+        pending = self.core.submit(
+            model,
+            version or "",
+            self._inputs(inputs),
+            None if outputs is None else list(outputs),
+            int(deadline_ns or 0),
+            _priority(priority),
+        )
+        if isinstance(pending, tuple):  # answered at once
+            return pending[0]
+        if self.inline:
+            self.run_inline()  # run it (and whatever else is ready) in this thread
+        return pending.wait()
+
+    async def infer_async(
+        self,
+        model: str,
+        version: str | None,
+        inputs,
+        *,
+        deadline_ns: int | None = None,
+        priority: int = 0,
+        outputs: Sequence[str] | None = None,
+    ):
+        loop = asyncio.get_running_loop()
+        c = self.completions(loop)
+        tag = next(c.tags)
+        handle = self.core.submit(
+            model,
+            version or "",
+            self._inputs(inputs),
+            None if outputs is None else list(outputs),
+            int(deadline_ns or 0),
+            _priority(priority),
+            c.queue,
+            tag,
+        )
+        if isinstance(handle, tuple):
+            return handle[0]
+        future = loop.create_future()
+        c.futures[tag] = future
+        if self.inline and not self._drain_scheduled:
+            self._drain_scheduled = True
+            loop.call_soon(self._drain_soon)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            c.futures.pop(tag, None)
+            self.core.cancel(handle)
+            raise
+
+
+def _priority(priority) -> int:
+    p = int(priority)
+    if p < 0:
+        raise InvalidArgumentError(f"priority must be >= 0 (1 is the highest level); got {p}")
+    return p
+
+
+def deadline_from_timeout(timeout: float | None) -> int:
+    if timeout is None:
+        return 0
+    if not timeout > 0:
+        raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+    return time.monotonic_ns() + int(timeout * 1e9)
