@@ -71,10 +71,14 @@ py::dict Contents(const InputTensorView& in) {
     const char* datatype;
     size_t size;
   } kFields[] = {
-      {ContentsField::kBool, "bool_contents", "BOOL", 1},       {ContentsField::kInt, "int_contents", "INT32", 4},
-      {ContentsField::kInt64, "int64_contents", "INT64", 8},    {ContentsField::kUint, "uint_contents", "UINT32", 4},
-      {ContentsField::kUint64, "uint64_contents", "UINT64", 8}, {ContentsField::kFp32, "fp32_contents", "FP32", 4},
-      {ContentsField::kFp64, "fp64_contents", "FP64", 8},       {ContentsField::kBytes, "bytes_contents", "BYTES", 0},
+      {ContentsField::kBool, "bool_contents", "BOOL", 1},
+      {ContentsField::kInt, "int_contents", "INT32", 4},
+      {ContentsField::kInt64, "int64_contents", "INT64", 8},
+      {ContentsField::kUint, "uint_contents", "UINT32", 4},
+      {ContentsField::kUint64, "uint64_contents", "UINT64", 8},
+      {ContentsField::kFp32, "fp32_contents", "FP32", 4},
+      {ContentsField::kFp64, "fp64_contents", "FP64", 8},
+      {ContentsField::kBytes, "bytes_contents", "BYTES", 0},
   };
   py::dict d;
   const uint32_t present = ContentsFieldsPresent(in);
