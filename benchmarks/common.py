@@ -309,6 +309,121 @@ def ort_rows_per_s(
     }
 
 
+# --------------------------------------------------------------------------- other models
+
+WIDE_MODEL = "wide"
+WIDE_LAYERS = (512, 2048, 2048, 10)
+
+
+def write_mlp(
+    path: Path,
+    layers: tuple[int, ...],
+    input_name: str = INPUT,
+    output_name: str = OUTPUT,
+    seed: int = 1234,
+) -> Path:
+    """An FP32 MLP ``layers[0] -> ... -> layers[-1]`` (Gemm + Relu, softmax output) with
+    random weights (scaled 1/sqrt(fan-in)) and a dynamic batch dimension, written offline."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    inits, nodes = [], []
+    prev = input_name
+    for i, (n_in, n_out) in enumerate(zip(layers[:-1], layers[1:])):
+        w = (rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(np.float32)
+        b = (rng.standard_normal(n_out) * 0.01).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        last = i == len(layers) - 2
+        out = "logits" if last else f"h{i}"
+        nodes.append(helper.make_node("Gemm", [prev, f"w{i}", f"b{i}"], [out]))
+        if not last:
+            nodes.append(helper.make_node("Relu", [out], [f"r{i}"]))
+            prev = f"r{i}"
+    nodes.append(helper.make_node("Softmax", ["logits"], [output_name], axis=1))
+    graph = helper.make_graph(
+        nodes,
+        "mlp_" + "_".join(map(str, layers)),
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", layers[0]])],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", layers[-1]])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def build_wide_repo(
+    root: Path, max_batch_size: int = 64, model: str = WIDE_MODEL, layers=WIDE_LAYERS
+) -> DemoRepo:
+    """REPO/<model>/1/model.onnx (a 512-2048-2048-10 MLP by default) and a config.yaml with
+    `max_batch_size` and steadyserve's default ONNX Runtime settings; override keys with
+    ``override_config(root, [...], model)``."""
+    model_path = write_mlp(root / model / "1" / "model.onnx", tuple(layers))
+    text = (
+        f"# {'-'.join(map(str, layers))} MLP, random weights (benchmarks/common.py)\n"
+        f"max_batch_size: {max_batch_size}\n"
+        "batching:\n  max_queue_delay_us: 0\n"
+        "instances: 1\n"
+        "execution: auto\n"
+        "onnxruntime:\n  intra_op_threads: 1\n  inter_op_threads: 1\n  allow_spinning: false\n"
+    )
+    (root / model / "config.yaml").write_text(text)
+    return DemoRepo(root, model_path, "stand-in", text)
+
+
+def ort_batch_timing(
+    session,
+    batch_size: int,
+    n_features: int,
+    input_name: str = INPUT,
+    min_time_s: float = 0.2,
+    rounds: int = 2,
+    warmup_s: float = 0.05,
+    seed: int = 0,
+) -> dict:
+    """Like ``ort_rows_per_s`` for any [batch, n_features] FP32 input, with time-based
+    warm-up (a 20 ms run makes 50 warm-up runs expensive); best of `rounds` rounds."""
+    x = np.random.default_rng(seed).standard_normal((batch_size, n_features)).astype(np.float32)
+    feeds = {input_name: x}
+    t_end = time.perf_counter() + warmup_s
+    session.run(None, feeds)
+    while time.perf_counter() < t_end:
+        session.run(None, feeds)
+    per_round, medians = [], []
+    for _ in range(rounds):
+        samples = []
+        t0 = time.perf_counter()
+        t_end = t0 + min_time_s
+        while True:
+            a = time.perf_counter()
+            session.run(None, feeds)
+            b = time.perf_counter()
+            samples.append(b - a)
+            if b >= t_end and len(samples) >= 3:
+                break
+        per_round.append(len(samples) / (time.perf_counter() - t0))
+        medians.append(float(np.median(samples)))
+    best = max(per_round)
+    return {
+        "batch_size": batch_size,
+        "run_us_median": round(min(medians) * 1e6, 2),
+        "runs_per_s": round(best, 2),
+        "rows_per_s": round(best * batch_size, 1),
+        "rows_per_s_rounds": [round(r * batch_size, 1) for r in per_round],
+    }
+
+
+def compute_limit_rows_per_s(batch_counts: dict[int, int], runs_per_s: dict[int, float]) -> float:
+    """Rows/s that ONNX Runtime alone (one thread) reaches with this mix of batches: the
+    rows executed divided by the time its runs at those batch sizes take."""
+    rows = sum(b * n for b, n in batch_counts.items())
+    secs = sum(n / runs_per_s[b] for b, n in batch_counts.items())
+    return rows / secs if secs else 0.0
+
+
 # --------------------------------------------------------------------------- output
 
 

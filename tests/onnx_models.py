@@ -19,8 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 OPSET = 17
 IR_VERSION = 8  # what onnxruntime >= 1.17 reads; newer onnx writes a newer one by default
 
-# V2 datatype -> ONNX element type. "BYTES" (string tensors) is here so tests can build
-# models that steadyserve must refuse.
+# V2 datatype -> ONNX element type ("BYTES": string tensors).
 ELEM_TYPE: dict[str, int] = {
     "BOOL": TensorProto.BOOL,
     "UINT8": TensorProto.UINT8,
@@ -84,7 +83,7 @@ def write_linear(
 
 
 def write_identity(path: Path | str, datatype: str = "FP32", dims: Sequence[int] = (-1, 4)) -> None:
-    """output = input, for any datatype (including "BYTES", which steadyserve refuses)."""
+    """output = input, for any datatype (including "BYTES", string tensors)."""
     graph = helper.make_graph(
         [helper.make_node("Identity", ["input"], ["output"])],
         "identity",

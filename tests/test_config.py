@@ -109,7 +109,14 @@ BAD = [
         "0..10000000",
     ),
     ("batching:\n  max_queue_delay_us: -1\n", "batching.max_queue_delay_us", "-1", "0..10000000"),
-    ("batching:\n  max_queue_size: 0\n", "batching.max_queue_size", "0", ">= 1"),
+    ("batching:\n  max_queue_size: 0\n", "batching.max_queue_size", "0", "1..65536"),
+    ("batching:\n  max_queue_size: 65537\n", "batching.max_queue_size", "65537", "1..65536"),
+    (
+        "slo:\n  priority_levels: 2\n  priority_queues:\n    2:\n      max_queue_size: 100000\n",
+        "slo.priority_queues[2].max_queue_size",
+        "100000",
+        "1..65536",
+    ),
     ("batching:\n  preferred_batch_sizes: [0]\n", "batching.preferred_batch_sizes[0]", "0", ">= 1"),
     (
         "batching:\n  preferred_batch_sizes: [4, 4]\n",
@@ -117,10 +124,12 @@ BAD = [
         "[4, 4]",
         "no duplicates",
     ),
-    ("max_batch_size: -1\n", "max_batch_size", "-1", ">= 0"),
-    ("max_batch_size: '8'\n", "max_batch_size", "'8'", ">= 0"),
-    ("max_batch_size: 8.5\n", "max_batch_size", "8.5", ">= 0"),
-    ("max_batch_size: true\n", "max_batch_size", "True", ">= 0"),
+    ("max_batch_size: -1\n", "max_batch_size", "-1", "0..4096"),
+    ("max_batch_size: 4097\n", "max_batch_size", "4097", "0..4096"),
+    ("max_batch_size: 1000000000000\n", "max_batch_size", "1000000000000", "0..4096"),
+    ("max_batch_size: '8'\n", "max_batch_size", "'8'", "0..4096"),
+    ("max_batch_size: 8.5\n", "max_batch_size", "8.5", "0..4096"),
+    ("max_batch_size: true\n", "max_batch_size", "True", "0..4096"),
     ("instances: 0\n", "instances", "0", "1..16"),
     ("instances: 17\n", "instances", "17", "1..16"),
     ("backend: tensorflow\n", "backend", "'tensorflow'", "'onnxruntime'"),
@@ -305,3 +314,20 @@ def test_deadline_must_be_finite(tmp_path, value):
 def test_unhashable_key_is_a_yaml_error(tmp_path):
     message, path = config_error(tmp_path, "[a]: 1\n")
     assert path in message and "unhashable key" in message
+
+
+def test_upper_bounds_themselves_are_allowed(tmp_path):
+    from steadyserve.config import MAX_BATCH_SIZE, MAX_QUEUE_SIZE
+
+    assert (MAX_BATCH_SIZE, MAX_QUEUE_SIZE) == (4096, 65536)
+    c = load_model_config(
+        write(
+            tmp_path,
+            "max_batch_size: 4096\nbatching:\n  max_queue_size: 65536\n"
+            "slo:\n  priority_levels: 2\n  priority_queues:\n    2:\n      max_queue_size: 65536\n",
+        )
+    )
+    assert (c.max_batch_size, c.batching.max_queue_size) == (4096, 65536)
+    assert c.slo.priority_queues[2].max_queue_size == 65536
+    schema = ModelConfig.model_json_schema()
+    assert schema["properties"]["max_batch_size"]["maximum"] == 4096

@@ -264,7 +264,8 @@ CIRCUIT = {"consecutive_failures": 3, "open_s": 1.0, "half_open_probes": 2, "min
 
 def test_circuit_opens_after_the_threshold_then_half_opens_and_closes(runtime, caplog):
     caplog.set_level(logging.WARNING, logger="steadyserve.routing")
-    rt = runtime({"main": failover(circuit=CIRCUIT)})
+    clock = FakeClock()
+    rt = runtime({"main": failover(circuit=CIRCUIT)}, clock=clock)
     gauge = functools.partial(
         rt.metrics.registry.get_sample_value, "steadyserve_circuit_state", {"model": "main"}
     )
@@ -288,7 +289,8 @@ def test_circuit_opens_after_the_threshold_then_half_opens_and_closes(runtime, c
 
     # Healed, and the cool-down passes: half-open lets probes through; 2 good ones close it.
     rt.clear_fault("main")
-    time.sleep(CIRCUIT["open_s"] + 0.05)
+    clock.now += CIRCUIT["open_s"] + 0.05  # the cool-down passes, no sleeping
+    rt.router.tick()
     assert rt.infer("main", {"x": X}, timeout=T).model_name == "main"
     assert circuit(rt) == HALF_OPEN and gauge() == 1
     assert rt.infer("main", {"x": X}, timeout=T).model_name == "main"
@@ -312,12 +314,14 @@ def test_circuit_opens_after_the_threshold_then_half_opens_and_closes(runtime, c
 
 
 def test_failed_probe_reopens_the_circuit(runtime):
-    rt = runtime({"main": failover(circuit=CIRCUIT)})
+    clock = FakeClock()
+    rt = runtime({"main": failover(circuit=CIRCUIT)}, clock=clock)
     rt.inject_fault("main", "error")
     for _ in range(3):
         rt.infer("main", {"x": X}, timeout=T)
     assert circuit(rt) == OPEN
-    time.sleep(CIRCUIT["open_s"] + 0.05)
+    clock.now += CIRCUIT["open_s"] + 0.05
+    rt.router.tick()
     result = rt.infer("main", {"x": X}, timeout=T)  # the probe fails: the backup answers it
     assert result.model_name == "lite"
     report = rt.failover_report()["circuits"]["main"]

@@ -335,46 +335,69 @@ class PyModelCore {
   }
 
   // outputs: one numpy array (or for BYTES, a (bytes, shape) pair) per signature output, in order.
-  py::object Complete(uint32_t buffer, const py::list& outputs, const BatchTimings& t) {
-    // (t: the batch's input / run / output times and what the latency model learns)
-    std::vector<OutputTensor> outs(outputs.size());
-    std::vector<py::buffer_info> infos;
-    std::vector<std::vector<int64_t>> shapes(outputs.size());
+  // A batch's outputs as the core reads them; `keep` holds the Python objects alive.
+  struct Prepared {
+    std::vector<OutputTensor> outs;
+    std::vector<std::vector<int64_t>> shapes;
     std::vector<py::object> keep;
-    infos.reserve(outputs.size());
     uint64_t total = 0;
+  };
+  static Prepared Prepare(const py::list& outputs) {
+    Prepared p;
+    p.outs.resize(outputs.size());
+    p.shapes.resize(outputs.size());
     for (size_t o = 0; o < outputs.size(); ++o) {
       py::handle item = outputs[o];
       if (py::isinstance<py::tuple>(item)) {  // BYTES: (serialized bytes, shape)
         py::tuple pair = item.cast<py::tuple>();
         py::bytes data = pair[0].cast<py::bytes>();
-        keep.push_back(data);
-        shapes[o] = Dims(pair[1].cast<py::sequence>());
+        p.keep.push_back(data);
+        p.shapes[o] = Dims(pair[1].cast<py::sequence>());
         char* ptr;
         py::ssize_t len;
         PyBytes_AsStringAndSize(data.ptr(), &ptr, &len);
-        outs[o] = {DataType::kBytes, shapes[o].data(), shapes[o].size(), reinterpret_cast<uint8_t*>(ptr),
-                   static_cast<size_t>(len)};
-        total += len;
+        p.outs[o] = {DataType::kBytes, p.shapes[o].data(), p.shapes[o].size(), reinterpret_cast<uint8_t*>(ptr),
+                     static_cast<size_t>(len)};
+        p.total += len;
         continue;
       }
       py::array a = py::array::ensure(item, py::array::c_style);
       if (!a) throw py::type_error("output " + std::to_string(o) + " is not an array");
-      keep.push_back(a);
-      shapes[o].assign(a.shape(), a.shape() + a.ndim());
-      outs[o] = {TypeOfArray(a), shapes[o].data(), shapes[o].size(), static_cast<const uint8_t*>(a.data()),
-                 static_cast<size_t>(a.nbytes())};
-      total += a.nbytes();
+      p.keep.push_back(a);
+      p.shapes[o].assign(a.shape(), a.shape() + a.ndim());
+      p.outs[o] = {TypeOfArray(a), p.shapes[o].data(), p.shapes[o].size(), static_cast<const uint8_t*>(a.data()),
+                   static_cast<size_t>(a.nbytes())};
+      p.total += a.nbytes();
     }
+    return p;
+  }
+
+  // outputs: one numpy array (or for BYTES, a (bytes, shape) pair) per signature output, in order;
+  // t: the batch's input / run / output times and what the latency model learns.
+  py::object Complete(uint32_t buffer, const py::list& outputs, const BatchTimings& t) {
+    Prepared p = Prepare(outputs);
     Status s;
     {
-      MaybeReleaseGil release(total >= kReleaseGilBytes || outputs.size() > 0);
-      s = model->CompleteBatch(buffer, outs.data(), outs.size(), t);
+      MaybeReleaseGil release(p.total >= kReleaseGilBytes);
+      s = model->CompleteBatch(buffer, p.outs.data(), p.outs.size(), t);
     }
     if (s.ok()) return py::none();
     if (s.code() == StatusCode::kInternal) return py::str(s.message());  // the batch failed over
     RaiseIfError(s);
     return py::none();
+  }
+
+  // None when the outputs may answer the batch, else (reason, message).
+  py::object Check(uint32_t buffer, const py::list& outputs) {
+    Prepared p = Prepare(outputs);
+    std::string reason, message;
+    bool ok;
+    {
+      MaybeReleaseGil release(p.total >= kReleaseGilBytes);
+      ok = model->CheckOutputs(buffer, p.outs.data(), p.outs.size(), &reason, &message);
+    }
+    if (ok) return py::none();
+    return py::make_tuple(reason, message);
   }
 
   void Fail(uint32_t buffer, const std::string& reason, const std::string& message, const BatchTimings& t) {
@@ -635,14 +658,23 @@ PYBIND11_MODULE(_core, m) {
                        uint32_t priority_levels, const std::vector<uint32_t>& level_max_queue, uint32_t executors,
                        int64_t slack_margin_us, int64_t slo_latency_us, bool admission_control,
                        uint32_t default_level, int64_t default_deadline_us, const std::vector<double>& latency_bounds_s,
-                       uint64_t max_row_bytes, PyInferenceCore& core) {
+                       uint64_t max_row_bytes, const std::vector<py::tuple>& output_checks,
+                       PyInferenceCore& core) {
              std::vector<TensorSignature> ins, outs;
              for (const auto& t : inputs) ins.push_back(TensorOf(t, true));
-             for (const auto& t : outputs) outs.push_back(TensorOf(t, false));
+             for (const auto& t : outputs) outs.push_back(TensorOf(t, true));  // (name, datatype, dims, monitor)
              std::unique_ptr<Signature> sig;
              RaiseIfError(Signature::Create(name, max_batch_size, std::move(ins), std::move(outs), max_row_bytes, &sig));
              ModelCoreOptions o;
              o.version = version;
+             for (const auto& c : output_checks) {
+               OutputCheck check;
+               check.output = c[0].cast<uint32_t>();
+               check.finite = c[1].cast<bool>();
+               if (!c[2].is_none()) check.lo = c[2].cast<double>();
+               if (!c[3].is_none()) check.hi = c[3].cast<double>();
+               o.checks.push_back(check);
+             }
              o.batching.max_batch_size = std::max<uint32_t>(1, max_batch_size);
              o.batching.preferred_batch_sizes = preferred;
              o.batching.max_queue_delay_ns = max_queue_delay_us * 1000;
@@ -670,7 +702,7 @@ PYBIND11_MODULE(_core, m) {
            py::arg("slack_margin_us") = 0, py::arg("slo_latency_us") = 0, py::arg("admission_control") = false,
            py::arg("default_level") = 0, py::arg("default_deadline_us") = 0,
            py::arg("latency_bounds_s") = std::vector<double>{}, py::arg("max_row_bytes") = uint64_t{1} << 26,
-           py::arg("core"))
+           py::arg("output_checks") = std::vector<py::tuple>{}, py::arg("core"))
       .def(
           "next_batch",
           [](py::object self, py::object timeout) { return self.cast<PyModelCore&>().NextBatch(self, timeout); },
@@ -679,6 +711,8 @@ PYBIND11_MODULE(_core, m) {
       .def("complete", &PyModelCore::Complete, py::arg("buffer"), py::arg("outputs"), py::arg("timings"),
            "Answer the batch's requests from its outputs; returns None, or the message if the outputs were "
            "malformed (the batch then failed over).")
+      .def("check", &PyModelCore::Check, py::arg("buffer"), py::arg("outputs"),
+           "None when the outputs may answer the batch, else (reason, message); answers nothing.")
       .def("fail", &PyModelCore::Fail, py::arg("buffer"), py::arg("reason"), py::arg("message"), py::arg("timings"))
       .def("stop", [](PyModelCore& m) { m.model->Stop(); }, py::call_guard<py::gil_scoped_release>())
       .def_property(

@@ -221,11 +221,7 @@ Status ModelCore::NextBatch(int64_t timeout_ns, const Batch** out, bool* stopped
   return Status::Ok();
 }
 
-Status ModelCore::CompleteBatch(uint32_t buffer, const OutputTensor* outputs, size_t n, const BatchTimings& t) {
-  if (buffer >= inflight_.size() || inflight_[buffer].rows == 0)
-    return Status(StatusCode::kInvalidArgument,
-                  "model '" + name() + "': batch buffer " + std::to_string(buffer) + " is not executing");
-  Batch& batch = inflight_[buffer];
+std::string ModelCore::MalformedOutputs(const Batch& batch, const OutputTensor* outputs, size_t n) {
   const auto& sig = signature_->outputs();
   std::string problem;
   if (n != sig.size()) {
@@ -252,6 +248,87 @@ Status ModelCore::CompleteBatch(uint32_t buffer, const OutputTensor* outputs, si
       }
     }
   }
+  return problem;
+}
+
+namespace {
+
+// "[r, c]" of flat element k of a tensor of `shape`.
+std::string IndexText(uint64_t k, const int64_t* shape, size_t rank) {
+  std::vector<uint64_t> idx(rank);
+  for (size_t d = rank; d-- > 0;) {
+    const uint64_t dim = static_cast<uint64_t>(std::max<int64_t>(1, shape[d]));
+    idx[d] = k % dim;
+    k /= dim;
+  }
+  std::string s = "[";
+  for (size_t d = 0; d < rank; ++d) s += (d ? ", " : "") + std::to_string(idx[d]);
+  return s + "]";
+}
+
+std::string G(double v) {
+  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+  if (std::isnan(v)) return "nan";
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%g", v);
+  return buf;
+}
+
+template <typename T>
+std::string CheckValues(const T* v, uint64_t count, const OutputCheck& c, const int64_t* shape, size_t rank,
+                        const std::string& where) {
+  if (c.finite) {
+    for (uint64_t k = 0; k < count; ++k)
+      if (!std::isfinite(v[k]))
+        return where + "has a non-finite value " + G(v[k]) + " at " + IndexText(k, shape, rank);
+  }
+  const std::string range = "[" + G(c.lo) + ", " + G(c.hi) + "]";
+  for (uint64_t k = 0; k < count; ++k)
+    if (v[k] < c.lo) return where + "value " + G(v[k]) + " at " + IndexText(k, shape, rank) + " is outside " + range;
+  for (uint64_t k = 0; k < count; ++k)
+    if (v[k] > c.hi) return where + "value " + G(v[k]) + " at " + IndexText(k, shape, rank) + " is outside " + range;
+  return std::string();
+}
+
+}  // namespace
+
+bool ModelCore::CheckOutputs(uint32_t buffer, const OutputTensor* outputs, size_t n, std::string* reason,
+                             std::string* message) {
+  if (buffer >= inflight_.size() || inflight_[buffer].rows == 0) {
+    *reason = "execution_error";
+    *message = "model '" + name() + "': batch buffer " + std::to_string(buffer) + " is not executing";
+    return false;
+  }
+  std::string problem = MalformedOutputs(inflight_[buffer], outputs, n);
+  if (!problem.empty()) {
+    *reason = "execution_error";
+    *message = "model '" + name() + "' version " + version() + ": " + problem;
+    return false;
+  }
+  for (const OutputCheck& c : options_.checks) {
+    const OutputTensor& out = outputs[c.output];
+    const std::string where = "model '" + name() + "' version " + version() + ": output '" +
+                              signature_->outputs()[c.output].name + "' ";
+    const uint64_t count = out.size / std::max<size_t>(1, ElementSize(out.dtype));
+    if (out.dtype == DataType::kFp32)
+      problem = CheckValues(reinterpret_cast<const float*>(out.data), count, c, out.shape, out.rank, where);
+    else if (out.dtype == DataType::kFp64)
+      problem = CheckValues(reinterpret_cast<const double*>(out.data), count, c, out.shape, out.rank, where);
+    if (!problem.empty()) {
+      *reason = "bad_output";
+      *message = problem;
+      return false;
+    }
+  }
+  return true;
+}
+
+Status ModelCore::CompleteBatch(uint32_t buffer, const OutputTensor* outputs, size_t n, const BatchTimings& t) {
+  if (buffer >= inflight_.size() || inflight_[buffer].rows == 0)
+    return Status(StatusCode::kInvalidArgument,
+                  "model '" + name() + "': batch buffer " + std::to_string(buffer) + " is not executing");
+  Batch& batch = inflight_[buffer];
+  const std::string problem = MalformedOutputs(batch, outputs, n);
   if (!problem.empty()) {
     const std::string message = "model '" + name() + "' version " + version() + ": " + problem;
     FailBatch(buffer, "execution_error", message, t);
@@ -259,6 +336,15 @@ Status ModelCore::CompleteBatch(uint32_t buffer, const OutputTensor* outputs, si
   }
   // Fix (request_path_test): take the batch out of its slot first; inflight_[buffer]
   // belongs to the next batch of that buffer as soon as Complete returns.
+  // Prediction drift: FP32 outputs with a monitor are counted, batch by batch.
+  const auto& sig = signature_->outputs();
+  for (size_t o = 0; o < sig.size() && signature_->batched(); ++o) {
+    const auto& monitor = sig[o].transform;
+    if (!monitor || outputs[o].dtype != DataType::kFp32) continue;
+    const uint64_t width = outputs[o].size / sizeof(float) / std::max<uint32_t>(1, batch.rows);
+    if (width == monitor->options().n_features)
+      monitor->Observe(reinterpret_cast<const float*>(outputs[o].data), batch.rows);
+  }
   Batch& done = tls_done;
   std::swap(done, batch);
   batch.items.clear();

@@ -116,6 +116,39 @@ Status CheckRawShape(std::string_view name, const int64_t* shape, size_t rank, u
 
 thread_local std::vector<uint8_t> tls_scratch;
 
+// Offset of the first byte of data[0, size) that is not well-formed UTF-8 (no overlong
+// forms, no surrogates, nothing above U+10FFFF), or size when it all is.
+size_t FirstNonUtf8(const uint8_t* data, size_t size) {
+  size_t at = 0;
+  while (at < size) {
+    const uint8_t c = data[at];
+    if (c < 0x80) {
+      ++at;
+      continue;
+    }
+    size_t n;
+    uint8_t lo = 0x80, hi = 0xBF;  // the allowed range of the second byte
+    if (c >= 0xC2 && c <= 0xDF) {
+      n = 1;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      n = 2;
+      if (c == 0xE0) lo = 0xA0;
+      if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      n = 3;
+      if (c == 0xF0) lo = 0x90;
+      if (c == 0xF4) hi = 0x8F;
+    } else {
+      return at;
+    }
+    if (size - at <= n || data[at + 1] < lo || data[at + 1] > hi) return at;
+    for (size_t k = 2; k <= n; ++k)
+      if ((data[at + k] & 0xC0) != 0x80) return at;
+    at += n + 1;
+  }
+  return size;
+}
+
 }  // namespace
 
 Status CheckBytesTensor(std::string_view input, const uint8_t* data, size_t size, uint64_t count) {
@@ -130,6 +163,15 @@ Status CheckBytesTensor(std::string_view input, const uint8_t* data, size_t size
     if (len > size - at)
       return Invalid("input '" + Show(input) + "': BYTES element " + std::to_string(k) + " says " +
                      std::to_string(len) + " bytes but only " + std::to_string(size - at) + " remain");
+    // ONNX Runtime's string tensors hold text: other bytes would reach the model altered.
+    const size_t bad = FirstNonUtf8(data + at, len);
+    if (bad != len) {
+      static const char* kHex = "0123456789abcdef";
+      const uint8_t b = data[at + bad];
+      return Invalid("input '" + Show(input) + "': BYTES element " + std::to_string(k) +
+                     " is not valid UTF-8 (byte " + std::to_string(bad) + " is 0x" + kHex[b >> 4] +
+                     kHex[b & 15] + "); string tensors of ONNX models hold UTF-8 text");
+    }
     at += len;
   }
   if (at != size)
@@ -384,6 +426,8 @@ Status Signature::DecodeWire(const InferRequestView& v, Request* r) const {
       } else {
         dst.resize(ContentsBytesSize(in));
         s = DecodeContents(in, ContentsField::kBytes, "BYTES", dst.data(), counts[k], dst.size());
+        if (!s.ok()) return s;
+        s = CheckBytesTensor(in.name, dst.data(), dst.size(), counts[k]);  // UTF-8, as raw data
         if (!s.ok()) return s;
       }
       continue;

@@ -1115,4 +1115,42 @@ TEST(TwoExecutorsPerModelWithFailoverAndCancels) {
   CheckPoolEmpty(core);
 }
 
+// Triton's BYTES framing, and UTF-8 text in every element (ONNX string tensors).
+TEST(CheckBytesTensorFramingAndUtf8) {
+  auto element = [](const std::string& text) {
+    const uint32_t n = static_cast<uint32_t>(text.size());
+    return std::string(reinterpret_cast<const char*>(&n), 4) + text;
+  };
+  auto check = [](const std::string& data, uint64_t count) {
+    return CheckBytesTensor("text", reinterpret_cast<const uint8_t*>(data.data()), data.size(), count);
+  };
+  CHECK(check(element("cat") + element("") + element("stra\xc3\x9f" "e") + element("\xf0\x9f\x99\x82"), 4).ok());
+  CHECK(check(element(std::string("a\0b", 3)), 1).ok());
+  CHECK(check("", 0).ok());
+  struct Bad {
+    std::string data;
+    uint64_t count;
+    const char* says;
+  };
+  const Bad bad[] = {
+      {element("ab") + std::string("\xff\0\0\0x", 5), 2, "element 1 says 255 bytes but only 1 remain"},
+      {element("a") + element("b") + "zz", 2, "2 bytes after its 2 elements"},
+      {element("a") + std::string("\x01\0", 2), 2, "ends inside the length of element 1"},
+      {element("\xff"), 1, "element 0 is not valid UTF-8 (byte 0 is 0xff)"},
+      {element("ok\xc3"), 1, "byte 2 is 0xc3"},                     // cut short
+      {element("\xc0\xaf"), 1, "not valid UTF-8"},                 // overlong '/'
+      {element("\xed\xa0\x80"), 1, "not valid UTF-8"},            // a surrogate
+      {element("\xf4\x90\x80\x80"), 1, "not valid UTF-8"},       // above U+10FFFF
+      {element("ok") + element("\xe2\x82"), 2, "element 1 is not"},  // 3-byte form, 2 given
+  };
+  for (const auto& b : bad) {
+    const Status s = check(b.data, b.count);
+    CHECK(s.code() == StatusCode::kInvalidArgument);
+    if (s.message().find(b.says) == std::string::npos || s.message().find("input 'text'") == std::string::npos) {
+      std::fprintf(stderr, "unexpected message: %s (wanted %s)\n", s.message().c_str(), b.says);
+      std::exit(1);
+    }
+  }
+}
+
 TEST_MAIN()

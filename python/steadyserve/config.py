@@ -31,6 +31,10 @@ from .errors import ConfigError
 
 MAX_QUEUE_DELAY_US = 10_000_000
 MAX_INSTANCES = 16
+# Upper bounds on what one model may make the core hold: rows per batch (each batch
+# buffer is preallocated for max_batch_size rows) and requests per queue.
+MAX_BATCH_SIZE = 4096
+MAX_QUEUE_SIZE = 65536
 
 # Error type of our own cross-field rules; its context carries the key the rule is about.
 _RULE = "steadyserve_rule"
@@ -90,7 +94,10 @@ class BatchingConfig(_Section):
         f"0..{MAX_QUEUE_DELAY_US} (0 = never wait, batch only what is already queued)",
     )
     max_queue_size: int = Field(
-        1024, ge=1, description="requests the model queues before refusing more, >= 1"
+        1024,
+        ge=1,
+        le=MAX_QUEUE_SIZE,
+        description=f"requests the model queues before refusing more, 1..{MAX_QUEUE_SIZE}",
     )
 
     @field_validator("preferred_batch_sizes")
@@ -139,7 +146,11 @@ MAX_PRIORITY_LEVELS = 8
 
 class PriorityQueueConfig(_Section):
     max_queue_size: int | None = Field(
-        None, ge=1, description="requests this priority level may queue, >= 1 (omit: no own cap)"
+        None,
+        ge=1,
+        le=MAX_QUEUE_SIZE,
+        description=f"requests this priority level may queue, 1..{MAX_QUEUE_SIZE} "
+        "(omit: no own cap)",
     )
 
 
@@ -369,8 +380,9 @@ class ModelConfig(_Section):
     max_batch_size: int = Field(
         64,
         ge=0,
-        description="largest batch the model runs, >= 0 (0 = the model does not batch: "
-        "requests are run one by one with the model's own shapes)",
+        le=MAX_BATCH_SIZE,
+        description=f"largest batch the model runs, 0..{MAX_BATCH_SIZE} (0 = the model does "
+        "not batch: requests are run one by one with the model's own shapes)",
     )
     versions: Literal["latest", "all"] | list[Annotated[int, Field(ge=1)]] = Field(
         "latest", description="which versions to serve: 'latest', 'all' or a list like [1, 2]"

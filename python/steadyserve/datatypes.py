@@ -24,6 +24,8 @@ V2_TO_NUMPY: dict[str, np.dtype] = {
     "FP16": np.dtype("<f2"),
     "FP32": np.dtype("<f4"),
     "FP64": np.dtype("<f8"),
+    # Strings: numpy object arrays of str or bytes; carried in Triton's BYTES serialization.
+    "BYTES": np.dtype(object),
 }
 
 NUMPY_TO_V2: dict[np.dtype, str] = {dt: name for name, dt in V2_TO_NUMPY.items()}
@@ -42,6 +44,7 @@ ONNX_TO_V2: dict[str, str] = {
     "tensor(float16)": "FP16",
     "tensor(float)": "FP32",
     "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
 }
 
 
@@ -59,6 +62,8 @@ def numpy_dtype(datatype: str) -> np.dtype:
 def v2_datatype(dtype: np.dtype | type) -> str:
     """The V2 datatype name of a numpy dtype; InvalidArgumentError if it has none."""
     dt = np.dtype(dtype).newbyteorder("<") if np.dtype(dtype).byteorder == ">" else np.dtype(dtype)
+    if dt.kind in "OSU":  # str, bytes and object arrays are strings
+        return "BYTES"
     try:
         return NUMPY_TO_V2[dt]
     except KeyError:
@@ -76,6 +81,12 @@ def coerce(name: str, array: np.ndarray, target: np.dtype) -> np.ndarray:
     """
     if array.dtype == target:
         return array
+    if target.kind == "O":  # BYTES: text and bytes, never numbers
+        if array.dtype.kind not in "SU":
+            raise InvalidArgumentError(
+                f"input '{name}': cannot convert {array.dtype} to BYTES (send str or bytes)"
+            )
+        return array.astype(object)
     if array.dtype.kind not in "biuf" or target.kind not in "biuf":
         raise InvalidArgumentError(f"input '{name}': cannot convert {array.dtype} to {target}")
     with np.errstate(all="ignore"):
@@ -130,29 +141,49 @@ class TensorSpec:
         return numpy_dtype(self.datatype)
 
 
-def serialize_bytes(array) -> bytes:
+# Largest BYTES element: its length is a 4-byte little-endian unsigned integer.
+MAX_BYTES_ELEMENT = 0xFFFFFFFF
+
+
+def serialize_bytes(array, name: str = "") -> bytes:
     """Triton's BYTES serialization of ``array`` (row-major): per element a 4-byte
-    little-endian length, then its bytes (str elements are UTF-8 encoded)."""
+    little-endian length, then its bytes (str elements are UTF-8 encoded).
+
+    Elements must be str or bytes-like; anything else (an int in an object array,
+    which ``bytes()`` would turn into that many zero bytes) is refused, naming
+    ``name``, the element and its type.
+    """
+    where = f"input '{name}': " if name else ""
     parts = []
-    for item in np.asarray(array, dtype=object).reshape(-1):
-        data = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+    for index, item in enumerate(np.asarray(array, dtype=object).reshape(-1)):
+        if isinstance(item, str):
+            data = item.encode("utf-8", "surrogatepass")  # the core names invalid UTF-8
+        elif isinstance(item, (bytes, bytearray, memoryview)):
+            data = bytes(item)
+        else:
+            raise InvalidArgumentError(
+                f"{where}element {index} is {type(item).__name__} {item!r:.40}; string "
+                f"(BYTES) elements must be str or bytes, numbers go in a numeric array"
+            )
+        if len(data) > MAX_BYTES_ELEMENT:
+            raise InvalidArgumentError(
+                f"{where}BYTES element {index} has {len(data)} bytes; at most "
+                f"{MAX_BYTES_ELEMENT} allowed (the 4-byte length)"
+            )
         parts.append(len(data).to_bytes(4, "little"))
         parts.append(data)
     return b"".join(parts)
 
 
 def deserialize_bytes(data: bytes, shape) -> np.ndarray:
-    """The elements of Triton's BYTES serialization as an object array of ``shape``
-    (UTF-8 text as str, other bytes as bytes), the form ONNX Runtime takes for strings."""
+    """The elements of Triton's BYTES serialization as an object array of str of
+    ``shape``, the form ONNX Runtime takes for strings (it would pass bytes elements on
+    as their repr, so the core refuses BYTES inputs that are not UTF-8 text)."""
     items = []
     at, size = 0, len(data)
     while at + 4 <= size:
         n = int.from_bytes(data[at : at + 4], "little")
-        chunk = data[at + 4 : at + 4 + n]
-        try:
-            items.append(chunk.decode("utf-8"))
-        except UnicodeDecodeError:
-            items.append(chunk)
+        items.append(data[at + 4 : at + 4 + n].decode("utf-8"))
         at += 4 + n
     out = np.empty(len(items), dtype=object)
     out[:] = items

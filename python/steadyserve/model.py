@@ -11,6 +11,7 @@ reads back (figures kept by the core, drift windows).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,9 @@ log = logging.getLogger("steadyserve.model")
 PLATFORM = "onnxruntime_onnx"
 # Largest row of one input (bytes): a bound on what one request can make the core hold.
 MAX_ROW_BYTES = 64 << 20
+# Largest batch buffer (bytes): the fixed-size rows of every input times max_batch_size.
+# The core preallocates one such buffer per instance, so this bounds memory at load.
+MAX_BATCH_BYTES = 1 << 30
 
 
 class InferResult:
@@ -81,6 +85,35 @@ def _batched_specs(name: str, specs: list[TensorSpec], max_batch_size: int, kind
     return row_shapes
 
 
+def _check_row_sizes(name: str, specs, rows, max_batch_size: int) -> None:
+    """Each fixed-size input row within MAX_ROW_BYTES, a whole batch of them within
+    MAX_BATCH_BYTES (BYTES rows vary in size: they are bounded per request instead)."""
+    batch_bytes = 0
+    for spec in specs:
+        if spec.datatype == "BYTES":
+            continue
+        row = rows[spec.name]
+        row_bytes = math.prod(row) * spec.dtype.itemsize  # Python ints: no overflow
+        if row_bytes == 0:
+            raise ConfigError(f"model '{name}': input '{spec.name}' has zero elements per row")
+        if row_bytes > MAX_ROW_BYTES:
+            raise ConfigError(
+                f"model '{name}': input '{spec.name}' has {row_bytes} bytes per row "
+                f"({spec.datatype} {list(row)}); at most {MAX_ROW_BYTES} bytes "
+                f"({MAX_ROW_BYTES >> 20} MiB) per row are allowed (MAX_ROW_BYTES)"
+            )
+        batch_bytes += row_bytes
+    batch_bytes *= max(1, max_batch_size)
+    if batch_bytes > MAX_BATCH_BYTES:
+        fits = MAX_BATCH_BYTES * max(1, max_batch_size) // batch_bytes
+        raise ConfigError(
+            f"model '{name}': a batch of max_batch_size {max_batch_size} rows holds "
+            f"{batch_bytes} bytes of inputs; at most {MAX_BATCH_BYTES} bytes "
+            f"({MAX_BATCH_BYTES >> 20} MiB) per batch are allowed (MAX_BATCH_BYTES): set "
+            f"max_batch_size to {max(1, fits)} or less in config.yaml"
+        )
+
+
 class ServableModel:
     """A loaded model version: a native ModelCore behind its executor."""
 
@@ -115,10 +148,7 @@ class ServableModel:
             policy = slo.priority_queues.get(level)
             level_caps.append(policy.max_queue_size or 0 if policy is not None else 0)
         self._contracts, self._monitors = self._build_contracts(config)
-        for spec in self.inputs:
-            row = self._input_rows[spec.name]
-            if spec.datatype != "BYTES" and int(np.prod(row, dtype=np.int64)) == 0:
-                raise ConfigError(f"model '{name}': input '{spec.name}' has zero elements per row")
+        _check_row_sizes(name, self.inputs, self._input_rows, self.max_batch_size)
         default_ms = slo.deadline_ms
         try:
             self.core_model = _core.ModelCore(
@@ -135,7 +165,12 @@ class ServableModel:
                     for s in self.inputs
                 ],
                 [
-                    (s.name, s.datatype, list(s.shape[1:] if self.max_batch_size else s.shape))
+                    (
+                        s.name,
+                        s.datatype,
+                        list(s.shape[1:] if self.max_batch_size else s.shape),
+                        self._monitors[s.name][0] if s.name in self._monitors else None,
+                    )
                     for s in self.outputs
                 ],
                 preferred_batch_sizes=list(batching.preferred_batch_sizes),
@@ -151,6 +186,10 @@ class ServableModel:
                 default_deadline_us=int(default_ms * 1000) if default_ms else 0,
                 latency_bounds_s=list(LATENCY_BUCKETS),
                 max_row_bytes=MAX_ROW_BYTES,
+                output_checks=[
+                    (output_names.index(c.name), bool(c.finite), c.min, c.max)
+                    for c in config.failover.output_checks
+                ],
                 core=dispatcher.core,
             )
         except ValueError as error:  # the core's signature check names what is wrong
@@ -233,6 +272,33 @@ class ServableModel:
             if monitor is not None:
                 monitors[spec.name] = (monitor, stats)
         return contracts, monitors
+
+    def drift_report(self) -> dict[str, Any]:
+        """Live drift and data quality against the reference, per input and output."""
+        drift = self.config.drift
+        inputs = {
+            name: drift_section(transform.snapshot(), stats, names, drift)
+            for name, (transform, names, stats) in self._contracts.items()
+        }
+        outputs = {
+            name: drift_section(monitor.snapshot(), stats, None, drift)
+            for name, (monitor, stats) in self._monitors.items()
+        }
+        return {
+            "model": self.name,
+            "version": self.version,
+            "psi_threshold": drift.psi_threshold,
+            "window_rows": drift.window_rows if drift.window_seconds is None else None,
+            "window_seconds": drift.window_seconds,
+            "inputs": inputs,
+            "outputs": outputs,
+        }
+
+    def reset_drift(self) -> None:
+        for transform, _, _ in self._contracts.values():
+            transform.reset()
+        for monitor, _ in self._monitors.values():
+            monitor.reset()
 
     def drift_report(self) -> dict[str, Any]:
         """Live drift and data quality against the reference, per input and output."""

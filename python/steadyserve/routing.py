@@ -157,8 +157,9 @@ class CircuitBreaker:
 class Router:
     """Failover chains and circuit breakers of a Runtime's models, published to the core."""
 
-    def __init__(self, runtime, core, on_change=None, metrics=None):
+    def __init__(self, runtime, core, on_change=None, metrics=None, clock=time.monotonic):
         self.runtime = runtime
+        self._clock = clock  # the breakers' clock: tests pass one they advance
         self._core = core
         self._metrics = metrics
         self._breakers: dict[str, CircuitBreaker] = {}
@@ -203,7 +204,7 @@ class Router:
                         from .config import CircuitConfig
 
                         config = CircuitConfig()
-                    breaker = CircuitBreaker(name, config, on_change=self._changed)
+                    breaker = CircuitBreaker(name, config, self._clock, on_change=self._changed)
                     self._breakers[name] = breaker
         return breaker
 
@@ -219,12 +220,17 @@ class Router:
 
     # ----------------------------------------------------------------- control plane
 
+    def tick(self) -> None:
+        """Moves cooled-down circuits to half-open and refreshes skipped models' estimates
+        (the control-plane thread calls it every few ms; tests with their own clock may too)."""
+        for breaker in list(self._breakers.values()):
+            breaker.tick()
+        self._refresh_skipped()
+
     def _tick_loop(self) -> None:
         while not self._stop.wait(_TICK_S):
             try:
-                for breaker in list(self._breakers.values()):
-                    breaker.tick()
-                self._refresh_skipped()
+                self.tick()
             except Exception:  # the control plane must keep ticking
                 log.exception("router tick failed")
 

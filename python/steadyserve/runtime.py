@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,7 +60,10 @@ class Runtime:
         metrics: Metrics | None = None,
         warmup: bool = True,
         allow_fault_injection: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ):
+        """``clock`` (seconds, monotonic) drives the circuit breakers' windows and
+        cool-downs; tests pass a clock they advance instead of sleeping."""
         self.repository = Path(repository)
         self.metrics = metrics if metrics is not None else Metrics()
         register_drift_collector(self)  # drift gauges, read from the models at scrape time
@@ -83,7 +86,7 @@ class Runtime:
         self.dispatcher = Dispatcher(MAX_REQUESTS)
         self.core = self.dispatcher.core
         self.router = Router(
-            self, self.core, on_change=self._circuit_changed, metrics=self.metrics
+            self, self.core, on_change=self._circuit_changed, metrics=self.metrics, clock=clock
         )
         for name in sorted(sources):
             if wanted is None or name in wanted:

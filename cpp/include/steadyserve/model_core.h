@@ -14,6 +14,7 @@
 #pragma once
 
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -29,8 +30,16 @@ namespace steadyserve {
 
 class InferenceCore;
 
+// failover.output_checks of one output: a batch with a value that fails it fails over.
+struct OutputCheck {
+  uint32_t output = 0;  // index in the signature's outputs
+  bool finite = true;
+  double lo = -INFINITY, hi = INFINITY;  // inclusive bounds
+};
+
 struct ModelCoreOptions {
   std::string version;
+  std::vector<OutputCheck> checks;
   BatcherOptions batching;           // model name and inputs are filled from the signature
   uint32_t default_level = 0;        // level of requests sent with priority 0 (0-based)
   int64_t default_deadline_ns = 0;   // relative deadline of requests that bring none; 0: none
@@ -66,7 +75,13 @@ class ModelCore {
   // Executor side. *out is a batch (rows > 0) or nullptr (timeout, only expiries, or stopped:
   // *stopped tells). Expired requests are answered here.
   Status NextBatch(int64_t timeout_ns, const Batch** out, bool* stopped);
-  // Answers the requests of batch `buffer` from `outputs` (one per signature output, in order).
+  // Checks a batch's outputs (shapes, datatypes, then the output checks) without answering
+  // anything, so the caller can feed its circuit breaker first. False: *reason is
+  // execution_error (malformed) or bad_output, *message says what and where.
+  bool CheckOutputs(uint32_t buffer, const OutputTensor* outputs, size_t n, std::string* reason,
+                    std::string* message);
+  // Answers the requests of batch `buffer` from `outputs` (one per signature output, in order),
+  // counting FP32 outputs with a monitor (signature output transform) into their drift window.
   // A malformed output fails the batch instead (INTERNAL, failover applies) and returns the reason.
   Status CompleteBatch(uint32_t buffer, const OutputTensor* outputs, size_t n, const BatchTimings& t);
   // The batch failed (reason: execution_error | execution_timeout | bad_output).
@@ -94,6 +109,8 @@ class ModelCore {
   ModelCore(std::unique_ptr<Signature> signature, ModelCoreOptions options, RequestPool* pool,
             InferenceCore* core);
   void ReaperLoop();
+  // Why outputs cannot answer the batch (empty: they can); fills the BYTES element offsets.
+  std::string MalformedOutputs(const Batch& batch, const OutputTensor* outputs, size_t n);
   // Answers `r` with its rows [offset, offset + rows) of the outputs.
   void Answer(Request* r, uint32_t offset, const OutputTensor* outputs, int64_t queue_ns);
   void Finish(Request* r);  // delivers and drops the core's reference

@@ -84,7 +84,8 @@ class Signature {
 };
 
 // Checks Triton's BYTES serialization of `count` elements (4-byte little-endian
-// length, then the bytes, per element) fills data[0, size) exactly.
+// length, then the bytes, per element) fills data[0, size) exactly and that every
+// element is UTF-8 text (what ONNX string tensors hold).
 Status CheckBytesTensor(std::string_view input, const uint8_t* data, size_t size, uint64_t count);
 
 }  // namespace steadyserve

@@ -168,14 +168,18 @@ class OnnxBackend:
         return _import_ort().RunOptions()
 
     def zero_inputs(self, batch_size: int | None) -> dict[str, np.ndarray]:
-        """Zero-filled inputs: the first dim set to ``batch_size`` (unless None), other
-        dynamic dims to 1. Suits ``warmup`` for models without data-dependent shapes."""
+        """Zero-filled inputs (BYTES: empty strings): the first dim set to ``batch_size``
+        (unless None), other dynamic dims to 1. Suits ``warmup`` for models without
+        data-dependent shapes."""
         feeds = {}
         for spec in self.inputs:
             shape = [1 if d < 0 else d for d in spec.shape]
             if batch_size is not None and shape:
                 shape[0] = batch_size
-            feeds[spec.name] = np.zeros(shape, dtype=spec.dtype)
+            if spec.datatype == "BYTES":  # empty strings, not the object array's int 0
+                feeds[spec.name] = np.full(shape, "", dtype=object)
+            else:
+                feeds[spec.name] = np.zeros(shape, dtype=spec.dtype)
         return feeds
 
     def warmup(

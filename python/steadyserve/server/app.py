@@ -329,7 +329,9 @@ class Server:
             for i, spec in enumerate(model.inputs):
                 shape = [1 if d < 0 else d for d in spec.shape]
                 np_name = numpy_dtype(spec.datatype).name
-                if spec.datatype.startswith("FP"):
+                if spec.datatype == "BYTES":
+                    make = f"np.full({shape}, 'text', dtype=object)"
+                elif spec.datatype.startswith("FP"):
                     dims = ", ".join(str(d) for d in shape)
                     make = f"np.random.rand({dims}).astype(np.{np_name})"
                 else:

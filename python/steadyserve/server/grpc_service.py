@@ -59,6 +59,11 @@ def _enum_number(message, field: str, value_name: str) -> int:
     return enum.values_by_name[value_name].number
 
 
+def _config_type(datatype: str) -> str:
+    """The model_config.DataType name of a V2 datatype (Triton calls BYTES TYPE_STRING)."""
+    return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
+
+
 def _has_field(message, field: str) -> bool:
     return field in message.DESCRIPTOR.fields_by_name
 
@@ -172,7 +177,7 @@ def fill_model_config(config, model) -> None:
     for specs, field in ((model.inputs, config.input), (model.outputs, config.output)):
         for spec in specs:
             entry = field.add(name=spec.name)
-            entry.data_type = _enum_number(entry, "data_type", f"TYPE_{spec.datatype}")
+            entry.data_type = _enum_number(entry, "data_type", _config_type(spec.datatype))
             entry.dims.extend(spec.shape[1:] if batching else spec.shape)
     if _has_field(config, "version_policy"):
         policy = config.version_policy

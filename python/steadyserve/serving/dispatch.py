@@ -96,7 +96,7 @@ class Dispatcher:
         for name, value in inputs.items():
             array = value if isinstance(value, np.ndarray) else np.asarray(value)
             if array.dtype.kind in "OSU":  # strings: Triton's BYTES serialization
-                out[name] = (serialize_bytes(array), list(array.shape))
+                out[name] = (serialize_bytes(array, name), list(array.shape))
             else:
                 out[name] = array
         return out

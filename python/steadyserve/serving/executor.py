@@ -15,7 +15,6 @@ batch itself with no thread hand-off — for fast models.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 
@@ -29,7 +28,9 @@ log = logging.getLogger("steadyserve.executor")
 
 # execution: auto runs batches inline when the largest batch takes at most this long.
 INLINE_MAX_BATCH_NS = 1_000_000
-# ... and leaves inline execution for threads after a batch that ran longer than this.
+# ... and leaves inline execution for threads after a batch that ran longer than this, in
+# CPU time of the running thread: a batch preempted by another process on a busy machine
+# must not move a fast model off inline execution for good (wall time would).
 INLINE_LEAVE_NS = 5_000_000
 
 
@@ -54,8 +55,9 @@ class Executor:
         self._names = [s.name for s in model.outputs]
         self._bytes_inputs = [s.datatype == "BYTES" for s in model.inputs]
         self._input_names = [s.name for s in model.inputs]
-        self._checks = list(model.config.failover.output_checks)
-        self._batched = model.max_batch_size > 0
+        self._any_bytes = any(self._bytes_inputs)
+        self._any_bytes_out = any(s.datatype == "BYTES" for s in model.outputs)
+        self._session = model.backend.session  # ORT's own run: no wrapper per batch
         self._watchdog: ExecutionWatchdog | None = None
         self._threads: list[threading.Thread] = []
         self.inline = False
@@ -146,41 +148,47 @@ class Executor:
             self._core.fail(batch.buffer, "execution_error", "internal error", _core.BatchTimings())
 
     def _run(self, batch, context: _RunContext) -> None:
+        """One batch: ORT on the batch buffer, then the core checks the outputs and answers.
+
+        Kept lean on purpose: over gRPC a batch is often one request, so every Python
+        operation here is paid per request.
+        """
         model = self.model
-        rows = batch.rows
         t0 = time.perf_counter_ns()
-        feeds = {}
-        for name, view, is_bytes in zip(
-            self._input_names, batch.inputs, self._bytes_inputs, strict=True
-        ):
-            feeds[name] = _decode_bytes(view, model.input_shape(name, rows)) if is_bytes else view
+        if self._any_bytes:
+            feeds = {
+                name: _decode_bytes(view, model.input_shape(name, batch.rows)) if is_bytes else view
+                for name, view, is_bytes in zip(
+                    self._input_names, batch.inputs, self._bytes_inputs, strict=True
+                )
+            }
+        else:
+            feeds = dict(zip(self._input_names, batch.inputs, strict=True))
+        error: ModelFailureError | None = None
+        produced = None
+        watchdog = self._watchdog
+        run_id = watchdog.begin(context.run_options, context.abort) if watchdog else None
+        inline = self.inline
+        cpu0 = time.thread_time_ns() if inline else 0
         t1 = time.perf_counter_ns()
-        run_ns = 0
-        error: SteadyServeError | None = None
-        outputs: dict[str, np.ndarray] = {}
-        run_id = None
-        if self._watchdog is not None:
-            run_id = self._watchdog.begin(context.run_options, context.abort)
         try:
-            run_start = time.perf_counter_ns()  # an injected slowdown is part of the run
             if model.faults is not None:
                 model.faults.before_run(context.abort)
-            outputs = self._backend.run(feeds, self._names, context.run_options)
-            run_ns = time.perf_counter_ns() - run_start
+            values = self._session_run(self._names, feeds, context.run_options)
             if model.faults is not None:
-                outputs = model.faults.after_run(outputs)
-            self._check_outputs(outputs)
-            model.observe_outputs(outputs, rows)
+                values = list(model.faults.after_run(dict(zip(self._names, values))).values())
+            produced = [_encode_output(v) for v in values] if self._any_bytes_out else values
         except ModelFailureError as e:
             error = e
-        except SteadyServeError as e:
+        except SteadyServeError as e:  # an injected fault, a closed backend
             error = ModelFailureError(str(e))
         except Exception as e:  # an unexpected backend failure still fails only this batch
             error = ModelFailureError(f"model '{model.name}' version {model.version} failed: {e}")
         finally:
             if run_id is not None:
-                self._watchdog.end(run_id)
+                watchdog.end(run_id)
         t2 = time.perf_counter_ns()
+        run_ns = t2 - t1
         timed_out = context.abort.is_set()
         if timed_out:
             context.run_options = self._backend.new_run_options()  # terminate sticks
@@ -188,65 +196,42 @@ class Executor:
             if error is not None:
                 error = ModelFailureError(
                     f"model '{model.name}' version {model.version}: execution ran past "
-                    f"execution_timeout_ms {self._watchdog.timeout_s * 1000:g} and was terminated",
+                    f"execution_timeout_ms {watchdog.timeout_s * 1000:g} and was terminated",
                     reason="execution_timeout",
                 )
+        core = self._core
+        if error is None:
+            problem = core.check(batch.buffer, produced)
+            if problem is not None:
+                error = ModelFailureError(problem[1], reason=problem[0])
         # The latency model learns the run itself; a batch that failed fast says nothing
         # about how long a batch takes, while a timed-out one took at least the timeout.
-        learned = run_ns if error is None else (t2 - t1 if timed_out else -1)
-        timings = _core.BatchTimings(
-            input_ns=t1 - t0,
-            infer_ns=run_ns or (t2 - t1),
-            output_ns=0,
-            learn_ns=learned,
-            wall_ms=int(time.time() * 1000),
-        )
+        learned = run_ns if error is None else (run_ns if timed_out else -1)
+        timings = _core.BatchTimings(t1 - t0, run_ns, 0, learned, int(time.time() * 1000))
         # The circuit learns the outcome before any caller sees its answer, so a caller
         # that saw a failure also sees the state it caused.
+        on_batch = self.on_batch
         if error is None:
-            if self.on_batch is not None:
-                self.on_batch(model.name, True, batch.requests, None)
-            produced = [_encode_output(outputs[name]) for name in self._names]
-            problem = self._core.complete(batch.buffer, produced, timings)
-            if problem is not None and self.on_batch is not None:  # failed over by the core
-                self.on_batch(model.name, False, batch.requests, "execution_error")
+            if on_batch is not None:
+                on_batch(model.name, True, batch.requests, None)
+            core.complete(batch.buffer, produced, timings)
         else:
-            if self.on_batch is not None:
-                self.on_batch(model.name, False, batch.requests, error.reason)
-            self._core.fail(batch.buffer, error.reason, str(error), timings)
-        if self.inline and (run_ns > INLINE_LEAVE_NS or timed_out):
-            self._leave_inline(run_ns or (t2 - t1))
+            if on_batch is not None:
+                on_batch(model.name, False, batch.requests, error.reason)
+            core.fail(batch.buffer, error.reason, str(error), timings)
+        if inline:
+            cpu_ns = time.thread_time_ns() - cpu0
+            if cpu_ns > INLINE_LEAVE_NS or timed_out:
+                self._leave_inline(cpu_ns)
 
-    def _check_outputs(self, outputs: dict[str, np.ndarray]) -> None:
-        """failover.output_checks: two reductions per output cover both checks (min and
-        max are NaN when any value is, and +-inf show up in them); the offending value is
-        only looked for once a check has failed. (Row counts are the core's to check.)"""
-        model = self.model
-        for check in self._checks:
-            out = outputs.get(check.name)
-            if out is None or out.dtype.kind != "f" or out.size == 0:
-                continue
-            low, high = float(out.min()), float(out.max())
-            finite = math.isfinite(low) and math.isfinite(high)
-            if check.finite and not finite:
-                bad = np.argwhere(~np.isfinite(out))[0]
-                raise ModelFailureError(
-                    f"model '{model.name}' version {model.version}: output '{check.name}' has a "
-                    f"non-finite value {out[tuple(bad)].item()!r} at {bad.tolist()}",
-                    reason="bad_output",
-                )
-            below = check.min is not None and low < check.min
-            above = check.max is not None and high > check.max
-            if below or above:
-                outside = (out < check.min) if below else (out > check.max)
-                bad = np.argwhere(outside)[0]
-                lo = "-inf" if check.min is None else f"{check.min:g}"
-                hi = "inf" if check.max is None else f"{check.max:g}"
-                raise ModelFailureError(
-                    f"model '{model.name}' version {model.version}: output '{check.name}' value "
-                    f"{float(out[tuple(bad)]):g} at {bad.tolist()} is outside [{lo}, {hi}]",
-                    reason="bad_output",
-                )
+    def _session_run(self, names, feeds, run_options):
+        try:
+            return self._session.run(names, feeds, run_options)
+        except Exception as exc:
+            raise ModelFailureError(
+                f"model '{self.model.name}' version {self.model.version}: ONNX Runtime failed "
+                f"running {self._backend.path}: {exc}"
+            ) from None
 
 
 def _encode_output(out):
