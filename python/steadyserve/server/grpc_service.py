@@ -296,10 +296,17 @@ def _model_infer_handler(servicer: InferenceServicer) -> grpc.RpcMethodHandler:
         if type(submitted) is int:
             future = loop.create_future()
             completions.futures[tag] = future
-            if dispatcher.inline and not dispatcher._drain_scheduled:
-                dispatcher._drain_scheduled = True
-                loop.call_soon(dispatcher._drain_soon)
             try:
+                if dispatcher.inline:
+                    # Inline models run the ready batch right here and the answer is
+                    # returned without suspending the handler: over grpc.aio an await
+                    # costs more than running a fast model's batch (measured: ~0.55x ->
+                    # ~0.7x of the no-op server at c=64), and RPCs reach the loop one at a
+                    # time, so waiting for company would not form batches anyway.
+                    dispatcher.run_inline()
+                    completions.drain()
+                    if future.done():
+                        return future.result()
                 return await future
             except asyncio.CancelledError:
                 completions.futures.pop(tag, None)

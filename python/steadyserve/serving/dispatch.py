@@ -32,6 +32,7 @@ class LoopCompletions:
         self.queue = _core.CompletionQueue()
         self.futures: dict[int, asyncio.Future] = {}
         self.tags = itertools.count(1)
+        self.drain_scheduled = False  # an inline drain is queued on this loop
         loop.add_reader(self.queue.fd, self.drain)
 
     def drain(self) -> None:
@@ -60,7 +61,6 @@ class Dispatcher:
         self._loops: dict[asyncio.AbstractEventLoop, LoopCompletions] = {}
         self._loops_lock = threading.Lock()
         self.inline: list = []  # executors of inline models: drained after a submit
-        self._drain_scheduled = False
 
     def completions(self, loop: asyncio.AbstractEventLoop) -> LoopCompletions:
         c = self._loops.get(loop)
@@ -82,11 +82,21 @@ class Dispatcher:
             if executor.inline:
                 executor.drain()
 
-    def _drain_soon(self) -> None:
+    def _drain_soon(self, completions: LoopCompletions) -> None:
         # Scheduled after a submit on the loop: every request that reached the loop in the
-        # same iteration is queued by now, so they share this batch.
-        self._drain_scheduled = False
+        # same iteration is queued by now, so they share this batch. The answers it made
+        # are taken at once (which also resets the queue's eventfd), saving the loop a
+        # wake-up and an iteration per batch.
+        completions.drain_scheduled = False
         self.run_inline()
+        completions.drain()
+
+    def schedule_inline(self, loop, completions: LoopCompletions) -> None:
+        """After a submit on the loop: run inline models' ready batches once this
+        iteration's callbacks are done."""
+        if self.inline and not completions.drain_scheduled:
+            completions.drain_scheduled = True
+            loop.call_soon(self._drain_soon, completions)
 
     @staticmethod
     def _inputs(inputs) -> Mapping[str, Any]:
@@ -152,9 +162,7 @@ class Dispatcher:
             return handle[0]
         future = loop.create_future()
         c.futures[tag] = future
-        if self.inline and not self._drain_scheduled:
-            self._drain_scheduled = True
-            loop.call_soon(self._drain_soon)
+        self.schedule_inline(loop, c)
         try:
             return await future
         except asyncio.CancelledError:
