@@ -38,6 +38,10 @@ py::object& ResultFactory() {
   static py::object* factory = new py::object();
   return *factory;
 }
+py::object& SerializeBytes() {  // steadyserve.datatypes.serialize_bytes(array, name)
+  static py::object* serialize = new py::object();
+  return *serialize;
+}
 
 py::object ErrorOf(StatusCode code, const std::string& message) {
   py::dict& classes = ErrorClasses();
@@ -108,6 +112,17 @@ const char* NumpyName(DataType t) {
   }
 }
 
+// numpy dtype objects, made once (parsing a dtype string per answer costs more than the copy).
+const py::dtype& DtypeOf(DataType t) {
+  static std::vector<py::dtype>* cache = [] {
+    auto* c = new std::vector<py::dtype>();  // leaked on purpose: lives as long as the interpreter
+    for (int i = 0; i <= static_cast<int>(DataType::kBytes); ++i)
+      c->push_back(py::dtype(NumpyName(static_cast<DataType>(i))));
+    return c;
+  }();
+  return (*cache)[static_cast<size_t>(t)];
+}
+
 // Triton's BYTES serialization -> numpy object array of bytes with `shape`.
 py::array BytesArray(const uint8_t* data, size_t size, const std::vector<int64_t>& shape) {
   py::list items;
@@ -130,23 +145,23 @@ py::object AnswerOf(Request* r, bool* failed) {
   if (*failed) return ErrorOf(r->code, r->message);
   if (r->wire) return py::bytes(r->response);
   py::dict outputs;
-  for (const auto& o : r->outputs) {
+  for (size_t i = 0; i < r->n_outputs; ++i) {
+    const OutputRows& o = r->outputs[i];
     const auto type = static_cast<DataType>(o.dtype);
     if (type == DataType::kBytes) {
       outputs[py::str(o.name)] = BytesArray(o.data.data(), o.data.size(), o.shape);
       continue;
     }
-    py::array a(py::dtype(NumpyName(type)), o.shape);
+    py::array a(DtypeOf(type), o.shape);
     std::memcpy(a.mutable_data(), o.data.data(), o.data.size());
     outputs[py::str(o.name)] = a;
   }
+  if (!r->failover) return ResultFactory()(outputs, r->answered_by, r->answered_version, py::none());
   py::dict params;
-  if (r->failover) {
-    params["failover"] = true;
-    if (r->default_output) params["default_output"] = true;
-    else params["failover_from"] = r->model;
-    params["failover_reason"] = r->failover_reasons;
-  }
+  params["failover"] = true;
+  if (r->default_output) params["default_output"] = true;
+  else params["failover_from"] = r->model;
+  params["failover_reason"] = r->failover_reasons;
   return ResultFactory()(outputs, r->answered_by, r->answered_version, params);
 }
 
@@ -335,51 +350,72 @@ class PyModelCore {
   }
 
   // outputs: one numpy array (or for BYTES, a (bytes, shape) pair) per signature output, in order.
-  // A batch's outputs as the core reads them; `keep` holds the Python objects alive.
+  // A batch's outputs as the core reads them; `keep` holds the Python objects alive. Up to
+  // kInline outputs live in fixed arrays: a batch's answer allocates nothing here.
   struct Prepared {
-    std::vector<OutputTensor> outs;
-    std::vector<std::vector<int64_t>> shapes;
-    std::vector<py::object> keep;
+    static constexpr size_t kInline = 16;
+    size_t n = 0;
+    OutputTensor inline_outs[kInline];
+    py::object inline_keep[kInline];
+    int64_t inline_shapes[kInline][kMaxRank];
+    std::vector<OutputTensor> heap_outs;
+    std::vector<py::object> heap_keep;
+    std::vector<std::vector<int64_t>> heap_shapes;
     uint64_t total = 0;
+    OutputTensor* outs() { return n > kInline ? heap_outs.data() : inline_outs; }
   };
-  static Prepared Prepare(const py::list& outputs) {
-    Prepared p;
-    p.outs.resize(outputs.size());
-    p.shapes.resize(outputs.size());
-    for (size_t o = 0; o < outputs.size(); ++o) {
+  static void Prepare(const py::list& outputs, Prepared* p) {
+    p->n = outputs.size();
+    OutputTensor* outs = p->inline_outs;
+    py::object* keep = p->inline_keep;
+    if (p->n > Prepared::kInline) {
+      p->heap_outs.resize(p->n);
+      p->heap_keep.resize(p->n);
+      p->heap_shapes.resize(p->n);
+      outs = p->heap_outs.data();
+      keep = p->heap_keep.data();
+    }
+    for (size_t o = 0; o < p->n; ++o) {
       py::handle item = outputs[o];
       if (py::isinstance<py::tuple>(item)) {  // BYTES: (serialized bytes, shape)
         py::tuple pair = item.cast<py::tuple>();
         py::bytes data = pair[0].cast<py::bytes>();
-        p.keep.push_back(data);
-        p.shapes[o] = Dims(pair[1].cast<py::sequence>());
+        const std::vector<int64_t> dims = Dims(pair[1].cast<py::sequence>());
+        const size_t rank = std::min(dims.size(), kMaxRank);
+        int64_t* shape;
+        if (p->n > Prepared::kInline) {
+          p->heap_shapes[o].assign(dims.begin(), dims.begin() + rank);
+          shape = p->heap_shapes[o].data();
+        } else {
+          shape = p->inline_shapes[o];
+          std::copy(dims.begin(), dims.begin() + rank, shape);
+        }
         char* ptr;
         py::ssize_t len;
         PyBytes_AsStringAndSize(data.ptr(), &ptr, &len);
-        p.outs[o] = {DataType::kBytes, p.shapes[o].data(), p.shapes[o].size(), reinterpret_cast<uint8_t*>(ptr),
-                     static_cast<size_t>(len)};
-        p.total += len;
+        outs[o] = {DataType::kBytes, shape, rank, reinterpret_cast<uint8_t*>(ptr), static_cast<size_t>(len)};
+        keep[o] = std::move(data);
+        p->total += len;
         continue;
       }
       py::array a = py::array::ensure(item, py::array::c_style);
       if (!a) throw py::type_error("output " + std::to_string(o) + " is not an array");
-      p.keep.push_back(a);
-      p.shapes[o].assign(a.shape(), a.shape() + a.ndim());
-      p.outs[o] = {TypeOfArray(a), p.shapes[o].data(), p.shapes[o].size(), static_cast<const uint8_t*>(a.data()),
-                   static_cast<size_t>(a.nbytes())};
-      p.total += a.nbytes();
+      outs[o] = {TypeOfArray(a), reinterpret_cast<const int64_t*>(a.shape()), static_cast<size_t>(a.ndim()),
+                 static_cast<const uint8_t*>(a.data()), static_cast<size_t>(a.nbytes())};
+      p->total += a.nbytes();
+      keep[o] = std::move(a);
     }
-    return p;
   }
 
   // outputs: one numpy array (or for BYTES, a (bytes, shape) pair) per signature output, in order;
   // t: the batch's input / run / output times and what the latency model learns.
   py::object Complete(uint32_t buffer, const py::list& outputs, const BatchTimings& t) {
-    Prepared p = Prepare(outputs);
+    Prepared p;
+    Prepare(outputs, &p);
     Status s;
     {
       MaybeReleaseGil release(p.total >= kReleaseGilBytes);
-      s = model->CompleteBatch(buffer, p.outs.data(), p.outs.size(), t);
+      s = model->CompleteBatch(buffer, p.outs(), p.n, t);
     }
     if (s.ok()) return py::none();
     if (s.code() == StatusCode::kInternal) return py::str(s.message());  // the batch failed over
@@ -389,12 +425,13 @@ class PyModelCore {
 
   // None when the outputs may answer the batch, else (reason, message).
   py::object Check(uint32_t buffer, const py::list& outputs) {
-    Prepared p = Prepare(outputs);
+    Prepared p;
+    Prepare(outputs, &p);
     std::string reason, message;
     bool ok;
     {
       MaybeReleaseGil release(p.total >= kReleaseGilBytes);
-      ok = model->CheckOutputs(buffer, p.outs.data(), p.outs.size(), &reason, &message);
+      ok = model->CheckOutputs(buffer, p.outs(), p.n, &reason, &message);
     }
     if (ok) return py::none();
     return py::make_tuple(reason, message);
@@ -505,41 +542,73 @@ class PyInferenceCore {
   }
 
   // In-process: inputs is a mapping name -> array. cq None: returns a Pending to wait on.
-  py::object Submit(const std::string& model, const std::string& version, const py::dict& inputs,
+  py::object Submit(const std::string& model, const std::string& version, const py::object& inputs_obj,
                     const py::object& outputs, int64_t deadline_ns, uint32_t priority, py::object cq, uint64_t tag) {
-    const size_t n = inputs.size();
-    std::vector<TensorRef> refs(n);
-    std::vector<py::array> arrays;
-    std::vector<std::string> names;
-    std::vector<std::vector<int64_t>> shapes(n);
-    arrays.reserve(n);
-    names.reserve(n);
+    if (!PyDict_Check(inputs_obj.ptr()))
+      Raise(StatusCode::kInvalidArgument, "inputs must be a dict of input name to array");
+    // Small fixed arrays: a request allocates nothing here beyond what numpy does.
+    constexpr size_t kInline = 16;
+    const size_t n = static_cast<size_t>(PyDict_Size(inputs_obj.ptr()));
+    TensorRef refs_inline[kInline];
+    py::object keep_inline[kInline];
+    int64_t bytes_shapes[kInline][kMaxRank];
+    std::vector<TensorRef> refs_heap;
+    std::vector<py::object> keep_heap;
+    std::vector<std::vector<int64_t>> shapes_heap;
+    TensorRef* refs = refs_inline;
+    py::object* keep = keep_inline;
+    if (n > kInline) {
+      refs_heap.resize(n);
+      keep_heap.resize(n);
+      shapes_heap.resize(n);
+      refs = refs_heap.data();
+      keep = keep_heap.data();
+    }
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
     size_t k = 0;
     uint64_t total = 0;
-    std::vector<py::object> keep;  // BYTES inputs: their serialized bytes
-    for (auto item : inputs) {
-      names.push_back(py::str(item.first).cast<std::string>());
-      if (py::isinstance<py::tuple>(item.second)) {  // BYTES: (serialized bytes, shape)
-        py::tuple pair = item.second.cast<py::tuple>();
-        py::bytes data = pair[0].cast<py::bytes>();
-        keep.push_back(data);
-        shapes[k] = Dims(pair[1].cast<py::sequence>());
+    while (PyDict_Next(inputs_obj.ptr(), &pos, &key, &value)) {
+      Py_ssize_t name_len;
+      const char* name = PyUnicode_Check(key) ? PyUnicode_AsUTF8AndSize(key, &name_len) : nullptr;
+      if (name == nullptr) {
+        PyErr_Clear();
+        Raise(StatusCode::kInvalidArgument, "input names must be strings");
+      }
+      const std::string_view name_view(name, static_cast<size_t>(name_len));
+      py::array a = py::array::ensure(py::handle(value), py::array::c_style);
+      if (!a) {
+        PyErr_Clear();
+        Raise(StatusCode::kInvalidArgument, "input '" + std::string(name_view) + "' is not an array");
+      }
+      const char kind = a.dtype().kind();
+      if (kind == 'O' || kind == 'S' || kind == 'U') {  // strings: Triton's BYTES serialization
+        py::bytes data = SerializeBytes()(a, py::str(name_view.data(), name_view.size()));
         char* ptr;
         py::ssize_t len;
         PyBytes_AsStringAndSize(data.ptr(), &ptr, &len);
-        refs[k] = {names.back(), DataType::kBytes, shapes[k].data(), shapes[k].size(),
-                   reinterpret_cast<const uint8_t*>(ptr), static_cast<size_t>(len)};
-        total += len;
+        const size_t rank = std::min<size_t>(static_cast<size_t>(a.ndim()), kMaxRank);
+        int64_t* shape;
+        if (n > kInline) {
+          shapes_heap[k].assign(a.shape(), a.shape() + rank);
+          shape = shapes_heap[k].data();
+        } else {
+          shape = bytes_shapes[k];
+          for (size_t d = 0; d < rank; ++d) shape[d] = a.shape()[d];
+        }
+        refs[k] = {name_view, DataType::kBytes, shape, rank, reinterpret_cast<const uint8_t*>(ptr),
+                   static_cast<size_t>(len)};
+        keep[k] = std::move(data);
+        total += static_cast<uint64_t>(len);
         ++k;
         continue;
       }
-      py::array a = py::array::ensure(item.second, py::array::c_style);
-      if (!a) Raise(StatusCode::kInvalidArgument, "input '" + names.back() + "' is not an array");
-      arrays.push_back(a);
-      shapes[k].assign(a.shape(), a.shape() + a.ndim());
-      refs[k] = {names.back(), TypeOfArray(a), shapes[k].data(), shapes[k].size(),
-                 static_cast<const uint8_t*>(a.data()), static_cast<size_t>(a.nbytes())};
-      total += a.nbytes();
+      static_assert(sizeof(py::ssize_t) == sizeof(int64_t), "numpy shapes are read as int64");
+      refs[k] = {name_view, TypeOfArray(a), reinterpret_cast<const int64_t*>(a.shape()),
+                 static_cast<size_t>(a.ndim()), static_cast<const uint8_t*>(a.data()),
+                 static_cast<size_t>(a.nbytes())};
+      total += static_cast<uint64_t>(a.nbytes());
+      keep[k] = std::move(a);
       ++k;
     }
     std::vector<std::string> out_names;
@@ -554,7 +623,7 @@ class PyInferenceCore {
     Status s;
     {
       MaybeReleaseGil release(total >= kReleaseGilBytes);
-      s = core->SubmitTensors(model, version, refs.data(), refs.size(), out_views.data(), out_views.size(),
+      s = core->SubmitTensors(model, version, refs, k, out_views.data(), out_views.size(),
                               deadline_ns, priority, queue ? queue->get() : nullptr, tag, &queued, &r);
     }
     RaiseIfError(s);
@@ -581,12 +650,14 @@ PYBIND11_MODULE(_core, m) {
   m.def("now_ns", &SteadyNowNs, "The core's monotonic clock (same as time.monotonic_ns()).");
   m.def(
       "set_python_types",
-      [](py::dict error_classes, py::object result_factory) {
+      [](py::dict error_classes, py::object result_factory, py::object serialize_bytes) {
         ErrorClasses().clear();
         for (auto item : error_classes) ErrorClasses()[item.first] = item.second;
         ResultFactory() = result_factory;
+        SerializeBytes() = serialize_bytes;
       },
-      "Called once by steadyserve._native: {status code: exception class}, and InferResult.");
+      "Called once by steadyserve._native: {status code: exception class}, InferResult, and the "
+      "BYTES serializer for string arrays.");
   BindWire(m);
 
   py::class_<FeatureTransform, std::shared_ptr<FeatureTransform>>(m, "FeatureTransform")

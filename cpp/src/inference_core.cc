@@ -288,11 +288,10 @@ void InferenceCore::Exhausted(Request* r) {
     w.Finish(&r->response);
     return;
   }
-  r->outputs.clear();
+  r->n_outputs = 0;
   for (size_t o = 0; o < primary->defaults.size(); ++o) {
     const DefaultOutput& d = primary->defaults[o];
-    r->outputs.emplace_back();
-    OutputRows& out = r->outputs.back();
+    OutputRows& out = r->AddOutput();
     out.output = static_cast<uint32_t>(o);
     out.name = d.name;
     out.dtype = static_cast<uint8_t>(DataType::kFp32);

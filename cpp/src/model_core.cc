@@ -382,7 +382,7 @@ void ModelCore::Answer(Request* r, uint32_t offset, const OutputTensor* outputs,
       w.AddParameterString("failover_reason", r->failover_reasons);
     }
   } else {
-    r->outputs.clear();
+    r->n_outputs = 0;
   }
   auto& shapes = tls_shapes;
   shapes.resize(kMaxRank * sig.size() + 1);
@@ -412,8 +412,7 @@ void ModelCore::Answer(Request* r, uint32_t offset, const OutputTensor* outputs,
     if (r->wire) {
       w.AddOutput(sig[o].name, DataTypeName(out.dtype), shape, rank, data, size);
     } else {
-      r->outputs.emplace_back();
-      OutputRows& rows = r->outputs.back();
+      OutputRows& rows = r->AddOutput();
       rows.output = static_cast<uint32_t>(o);
       rows.name = sig[o].name;
       rows.dtype = static_cast<uint8_t>(out.dtype);

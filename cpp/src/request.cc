@@ -54,7 +54,7 @@ Request* RequestPool::Acquire() {
   r->code = StatusCode::kOk;
   r->message.clear();
   r->response.clear();
-  r->outputs.clear();
+  r->n_outputs = 0;
   r->answered_by.clear();
   r->answered_version.clear();
   r->failover = r->default_output = r->probe = false;

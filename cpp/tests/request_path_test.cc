@@ -571,7 +571,7 @@ TEST(InProcessTensorsAndWait) {
     CHECK(tq);
     CHECK(r->Wait(10000 * kMs));
     CHECK(r->code == StatusCode::kOk);
-    CHECK_EQ(r->outputs.size(), size_t{1});
+    CHECK_EQ(r->n_outputs, size_t{1});
     CHECK_EQ(r->outputs[0].output, 0u);
     CHECK(r->outputs[0].shape == (std::vector<int64_t>{rows, 2}));
     CheckY(r->outputs[0].data.data(), r->outputs[0].data.size(), token, rows);

@@ -73,7 +73,14 @@ struct Request {
   StatusCode code = StatusCode::kOk;
   std::string message;
   std::string response;              // wire answers
-  std::vector<OutputRows> outputs;   // in-process answers
+  // In-process answers: the first n_outputs entries (entries past it keep their buffers'
+  // capacity for the next answer, so answering allocates nothing in steady state).
+  std::vector<OutputRows> outputs;
+  size_t n_outputs = 0;
+  OutputRows& AddOutput() {
+    if (n_outputs == outputs.size()) outputs.emplace_back();
+    return outputs[n_outputs++];
+  }
   std::string answered_by, answered_version;
   bool failover = false, default_output = false;
 

@@ -14,12 +14,8 @@ import itertools
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from .. import _core, _native  # noqa: F401  (_native hands the core our exception types)
-import numpy as np
-
-from ..datatypes import serialize_bytes
 from ..errors import InvalidArgumentError
 
 
@@ -99,17 +95,13 @@ class Dispatcher:
             loop.call_soon(self._drain_soon, completions)
 
     @staticmethod
-    def _inputs(inputs) -> Mapping[str, Any]:
+    def _inputs(inputs) -> dict:
+        """The core takes a dict of arrays (it converts array-likes and string arrays itself)."""
+        if type(inputs) is dict:
+            return inputs
         if not isinstance(inputs, Mapping):
             raise InvalidArgumentError("inputs must be a mapping of input name to array")
-        out = {}
-        for name, value in inputs.items():
-            array = value if isinstance(value, np.ndarray) else np.asarray(value)
-            if array.dtype.kind in "OSU":  # strings: Triton's BYTES serialization
-                out[name] = (serialize_bytes(array, name), list(array.shape))
-            else:
-                out[name] = array
-        return out
+        return dict(inputs)
 
     def infer(
         self,
