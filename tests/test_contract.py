@@ -14,8 +14,9 @@ from hypothesis.extra import numpy as hnp
 
 import onnx_models
 from steadyserve import Runtime, _core
-from steadyserve.contract import build_transform, fit_stats, write_stats
 from steadyserve.errors import ConfigError, InvalidArgumentError
+from steadyserve.features.stats import fit_stats, write_stats
+from steadyserve.features.transform import build_transform
 
 # Policy codes of _core.FeatureTransform.
 NONE, REJECT, CLIP = 0, 1, 2  # range policy ("allow" = NONE: count only)

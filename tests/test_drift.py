@@ -19,9 +19,11 @@ import onnx_models
 from steadyserve import Runtime, _core
 from steadyserve.cli import main as cli_main
 from steadyserve.config import ContractConfig, DriftConfig
-from steadyserve.contract import PSI_EPSILON, build_transform, fit_stats, psi, write_stats
 from steadyserve.demo import FEATURE_NAMES, build_demo_repository, demo_dataset
 from steadyserve.errors import InvalidArgumentError
+from steadyserve.features.drift import PSI_EPSILON, psi
+from steadyserve.features.stats import fit_stats, write_stats
+from steadyserve.features.transform import build_transform
 
 N = 8  # features of the small test models
 NAMES = [f"x{i}" for i in range(N)]
@@ -127,7 +129,7 @@ def test_time_window_forgets_old_rows():
 
 
 def test_window_smaller_than_its_sub_windows():
-    from steadyserve.contract import _sub_window
+    from steadyserve.features.transform import _sub_window
 
     assert _sub_window(DriftConfig(window_rows=10, sub_windows=1000)) == (10, 1, 0.0)
     assert _sub_window(DriftConfig(window_rows=10_000, sub_windows=10)) == (10, 1000, 0.0)

@@ -14,8 +14,8 @@ from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
 import onnx_models
 from steadyserve import Runtime
 from steadyserve.cli import main as cli_main
-from steadyserve.contract import fit_feature_stats, stats_from_sklearn, write_stats
 from steadyserve.errors import InvalidArgumentError
+from steadyserve.features.stats import fit_feature_stats, stats_from_sklearn, write_stats
 
 N = 6
 NAMES = ["age", "income", "height", "weight", "score", "tenure"]
@@ -315,7 +315,7 @@ def test_sklearn_scalers_that_a_contract_cannot_express(scaler_data):
 def test_sklearn_scaler_feeds_the_native_transform_directly(scaler_data):
     """The same parameters through build_transform (no model): in-process use."""
     from steadyserve.config import ContractConfig, DriftConfig
-    from steadyserve.contract import build_transform
+    from steadyserve.features.transform import build_transform
 
     scaler = RobustScaler().fit(scaler_data)
     t = build_transform("m", "x", N, ContractConfig(scaling="robust"), DriftConfig(),
@@ -325,3 +325,17 @@ def test_sklearn_scaler_feeds_the_native_transform_directly(scaler_data):
     assert_float32_close(t.apply(x), want, x)
     with pytest.raises(InvalidArgumentError):
         t.apply(np.full((1, N), np.nan, np.float32))  # missing: reject by default
+
+
+def test_contract_module_still_exports_the_features_api():
+    """README documents ``steadyserve.contract.stats_from_sklearn``: the compatibility
+    module re-exports the names that moved to steadyserve.features."""
+    import steadyserve.contract as contract
+    from steadyserve import features
+    from steadyserve.features import fit, transform
+
+    assert contract.stats_from_sklearn is stats_from_sklearn
+    assert contract.fit_model is fit.fit_model
+    assert contract._sub_window is transform._sub_window
+    for name in features.__all__:
+        assert getattr(contract, name) is getattr(features, name)

@@ -162,6 +162,32 @@ Status InferenceCore::LookupFirst(const std::string& model, const std::string& v
   return Status::Ok();
 }
 
+Status InferenceCore::FirstModelLocked(const std::string& model, const std::string& version,
+                                       std::shared_ptr<ModelCore>* first) const {
+  Status s = LookupFirst(model, version);
+  if (!s.ok()) return s;
+  const Entry* e = EntryLocked(model);
+  if (!version.empty()) {
+    auto it = e->versions.find(version);
+    if (it != e->versions.end()) *first = it->second;
+  } else {
+    *first = e->latest;
+  }
+  if (!*first) {  // not loaded: decode against the first loaded link of the chain (same signature)
+    for (const auto& link : e->chain) {
+      const Entry* b = EntryLocked(link);
+      if (b != nullptr && b->latest) {
+        *first = b->latest;
+        break;
+      }
+    }
+  }
+  if (!*first)
+    return Status(StatusCode::kUnavailable,
+                  "model '" + model + "' is not ready" + (e->unavailable.empty() ? "" : ": " + e->unavailable));
+  return Status::Ok();
+}
+
 void InferenceCore::Note(Request* r, Entry* e, SkipReason reason, const std::string& detail) {
   if (!r->failover_reasons.empty()) r->failover_reasons += "; ";
   r->failover_reasons += e->name + ": " + SkipReasonName(reason) + " (" + detail + ")";
@@ -315,28 +341,8 @@ Status InferenceCore::SubmitWire(const uint8_t* data, size_t size, int64_t deadl
   std::shared_ptr<ModelCore> first;
   {
     std::shared_lock<std::shared_mutex> lock(mu_);
-    const std::string version(view.model_version);
-    s = LookupFirst(*model_name, version);
+    s = FirstModelLocked(*model_name, std::string(view.model_version), &first);
     if (!s.ok()) return s;
-    const Entry* e = EntryLocked(*model_name);
-    if (!version.empty()) {
-      auto it = e->versions.find(version);
-      if (it != e->versions.end()) first = it->second;
-    } else {
-      first = e->latest;
-    }
-    if (!first) {  // not loaded: decode against the first loaded link of the chain (same signature)
-      for (const auto& link : e->chain) {
-        const Entry* b = EntryLocked(link);
-        if (b != nullptr && b->latest) {
-          first = b->latest;
-          break;
-        }
-      }
-    }
-    if (!first)
-      return Status(StatusCode::kUnavailable,
-                    "model '" + *model_name + "' is not ready" + (e->unavailable.empty() ? "" : ": " + e->unavailable));
   }
   // Request parameters: priority and timeout (Triton's names), integers >= 0.
   uint32_t priority = 0;
@@ -405,27 +411,8 @@ Status InferenceCore::SubmitTensors(const std::string& model, const std::string&
   std::shared_ptr<ModelCore> first;
   {
     std::shared_lock<std::shared_mutex> lock(mu_);
-    Status s = LookupFirst(model, version);
+    Status s = FirstModelLocked(model, version, &first);
     if (!s.ok()) return s;
-    const Entry* e = EntryLocked(model);
-    if (!version.empty()) {
-      auto it = e->versions.find(version);
-      if (it != e->versions.end()) first = it->second;
-    } else {
-      first = e->latest;
-    }
-    if (!first) {
-      for (const auto& link : e->chain) {
-        const Entry* b = EntryLocked(link);
-        if (b != nullptr && b->latest) {
-          first = b->latest;
-          break;
-        }
-      }
-    }
-    if (!first)
-      return Status(StatusCode::kUnavailable,
-                    "model '" + model + "' is not ready" + (e->unavailable.empty() ? "" : ": " + e->unavailable));
   }
   Request* r = pool_.Acquire();
   if (r == nullptr)

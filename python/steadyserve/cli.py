@@ -343,7 +343,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     if args.version is not None and args.version < 1:
         raise UsageError(f"--version must be an integer >= 1; got {args.version}")
     _check_onnxruntime()
-    from .contract import DataError, fit_model, read_reference_data
+    from .features.fit import DataError, fit_model, read_reference_data
 
     try:
         data, header = read_reference_data(args.data)

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .contract import fit_stats, write_stats
+from .features.stats import fit_stats, write_stats
 
 N_FEATURES = 32
 N_CLASSES = 2

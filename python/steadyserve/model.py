@@ -19,9 +19,11 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from .contract import build_monitor, build_transform, drift_section, read_stats
 from .datatypes import TensorSpec
 from .errors import ConfigError
+from .features.drift import drift_section
+from .features.stats import read_stats
+from .features.transform import build_monitor, build_transform
 from .monitoring.metrics import LATENCY_BUCKETS
 from .serving.executor import INLINE_MAX_BATCH_NS, Executor
 from .serving.statistics import ModelStatistics, refusals_of, slo_report_of, statistics_of

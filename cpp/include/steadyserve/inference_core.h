@@ -138,6 +138,10 @@ class InferenceCore {
   void Note(Request* r, Entry* e, SkipReason reason, const std::string& detail);
   void Exhausted(Request* r);
   Status LookupFirst(const std::string& model, const std::string& version) const;
+  // The model version a request is decoded against: the one asked for, else the first
+  // loaded link of its chain (backups share the signature). With mu_ held.
+  Status FirstModelLocked(const std::string& model, const std::string& version,
+                          std::shared_ptr<ModelCore>* first) const;
 
   RequestPool pool_;
   mutable std::shared_mutex mu_;  // the table; requests take it shared
