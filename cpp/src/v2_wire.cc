@@ -44,7 +44,7 @@ bool ValidUtf8(const uint8_t* p, size_t n) {
   size_t i = 0;
   while (i < n) {
     if (n - i >= 8) {
-      uint64_t w;
+      uint64_t w = 0;
       std::memcpy(&w, p + i, 8);
       if ((w & 0x8080808080808080ull) == 0) {
         i += 8;
@@ -56,7 +56,7 @@ bool ValidUtf8(const uint8_t* p, size_t n) {
       ++i;
       continue;
     }
-    size_t len;
+    size_t len = 0;
     uint8_t lo = 0x80, hi = 0xBF;  // range of the second byte
     if (c >= 0xC2 && c <= 0xDF) {
       len = 2;
@@ -173,7 +173,7 @@ class Parser {
   // Precondition: *pos < end.
   bool Tag(size_t* pos, size_t end, uint32_t* field, uint32_t* wire_type) {
     const size_t at = *pos;
-    uint64_t t;
+    uint64_t t = 0;
     if (!Varint(pos, end, &t)) return false;
     // upb: at most 5 bytes (overlong forms allowed) and within 32 bits.
     if (*pos - at > 5) return Fail(at, "tag longer than 5 bytes");
@@ -186,7 +186,7 @@ class Parser {
   // Reads a length prefix; on success [*pos, *pos + *len) lies within end.
   bool Length(size_t* pos, size_t end, size_t* len) {
     const size_t at = *pos;
-    uint64_t n;
+    uint64_t n = 0;
     if (!Varint(pos, end, &n)) return false;
     if (n > kMaxLength) return Fail(at, "length %" PRIu64 " is too large", n);
     if (n > end - *pos) {
@@ -208,7 +208,7 @@ class Parser {
 
   bool String(size_t* pos, size_t end, std::string_view* out) {
     const size_t at = *pos;
-    size_t n;
+    size_t n = 0;
     if (!Length(pos, end, &n)) return false;
     if (!ValidUtf8(base_ + *pos, n)) return Fail(at, "invalid UTF-8 in a string field");
     *out = std::string_view(reinterpret_cast<const char*>(base_ + *pos), n);
@@ -217,7 +217,7 @@ class Parser {
   }
 
   bool Bytes(size_t* pos, size_t end, WireSpan* out) {
-    size_t n;
+    size_t n = 0;
     if (!Length(pos, end, &n)) return false;
     *out = {base_ + *pos, n};
     *pos += n;
@@ -233,7 +233,7 @@ class Parser {
   // A length-delimited sub-message: body(begin, end) parses it.
   template <typename Body>
   bool Sub(size_t* pos, size_t end, size_t tag_at, Body&& body) {
-    size_t n;
+    size_t n = 0;
     if (!Length(pos, end, &n)) return false;
     if (!Enter(tag_at)) return false;
     const size_t b = *pos;
@@ -247,7 +247,7 @@ class Parser {
   bool SkipField(size_t* pos, size_t end, uint32_t field, uint32_t wire_type, size_t tag_at) {
     if (field == 0) return Fail(tag_at, "field number 0");
     Scope s(this, nullptr, field);
-    uint64_t v;
+    uint64_t v = 0;
     switch (wire_type) {
       case kVarint:
         return Varint(pos, end, &v);
@@ -256,7 +256,7 @@ class Parser {
       case kFixed32:
         return Fixed(pos, end, 4, &v);
       case kLen: {
-        size_t n;
+        size_t n = 0;
         if (!Length(pos, end, &n)) return false;
         *pos += n;
         return true;
@@ -276,7 +276,7 @@ class Parser {
   bool Fields(size_t pos, size_t end, OnField&& on_field, bool* had_unknown = nullptr) {
     while (pos < end) {
       const size_t tag_at = pos;
-      uint32_t field, wire_type;
+      uint32_t field = 0, wire_type = 0;
       if (!Tag(&pos, end, &field, &wire_type)) return false;
       if (wire_type == kEndGroup) return Fail(tag_at, "END_GROUP %u closes no group", field);
       const int r = on_field(field, wire_type, &pos, tag_at);
@@ -307,13 +307,13 @@ class Parser {
         return 1;
       }
       const uint32_t elem_wt = f == 6 ? kFixed32 : f == 7 ? kFixed64 : kVarint;
-      uint64_t v;
+      uint64_t v = 0;
       if (wt == elem_wt) {
         if (elem_wt == kVarint ? !Varint(pos, e, &v) : !Fixed(pos, e, elem_wt == kFixed32 ? 4 : 8, &v)) {
           return -1;
         }
       } else if (wt == kLen) {  // packed
-        size_t n;
+        size_t n = 0;
         if (!Length(pos, e, &n)) return -1;
         const size_t run = *pos;
         if (elem_wt == kVarint) {
@@ -346,7 +346,7 @@ class Parser {
     for (;;) {
       if (*pos >= end) return Fail(tag_at, "group %u is not closed", field);
       const size_t at = *pos;
-      uint32_t f, wt;
+      uint32_t f = 0, wt = 0;
       if (!Tag(pos, end, &f, &wt)) return false;
       if (wt == kEndGroup) {
         if (f != field) return Fail(at, "END_GROUP %u does not match START_GROUP %u", f, field);
@@ -506,14 +506,14 @@ class RequestParser : public Parser {
         }
         case 3: {
           Scope s(this, "shape", -1);
-          uint64_t d;
+          uint64_t d = 0;
           if (wt == kVarint) {
             if (!Varint(pos, e, &d)) return -1;
             in->shape.push_back(static_cast<int64_t>(d));
             return 1;
           }
           if (wt != kLen) return 0;
-          size_t n;
+          size_t n = 0;
           if (!Length(pos, e, &n)) return -1;
           const size_t run_end = *pos + n;
           while (*pos < run_end) {
@@ -593,7 +593,7 @@ class RequestParser : public Parser {
   // An InferParameter merged into *pv: the oneof member set last wins.
   bool Parameter(size_t b, size_t e, ParameterView* pv) {
     return Fields(b, e, [&](uint32_t f, uint32_t wt, size_t* pos, size_t) -> int {
-      uint64_t v;
+      uint64_t v = 0;
       switch (f) {
         case 1:
         case 2:
