@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import steadyserve
-from onnx_models import make_repo, write_linear
+from onnx_models import make_repo, write_identity, write_linear
 from steadyserve.config import CircuitConfig
 from steadyserve.errors import (
     DeadlineExceededError,
@@ -491,6 +491,16 @@ def test_default_output_that_does_not_fit_is_refused_at_load(runtime):
     assert "failover.default_output['y'] has 2 values" in reason and "[3]" in reason
     rt2 = runtime({"main": failover(default_output={"z": [1.0]})})
     assert "names output 'z', which model 'main' does not have" in _refusal(rt2, "main")
+
+
+def test_default_output_for_a_non_fp32_output_is_refused_at_load(runtime):
+    ints = functools.partial(write_identity, datatype="INT64", dims=(-1, 2))
+    rt = runtime(
+        {"ints": {"failover": {"default_output": {"output": [1.0, 2.0]}}}},
+        models={"ints": ints},
+    )
+    reason = _refusal(rt, "ints")
+    assert "output 'output' of model 'ints' is INT64" in reason and "FP32" in reason
 
 
 # -- fault injection API -----------------------------------------------------------------

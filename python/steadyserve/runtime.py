@@ -378,6 +378,11 @@ def _default_output_mismatch(model: ServableModel) -> str | None:
                 f"failover.default_output names output '{name}', which model '{model.name}' "
                 f"does not have (outputs: {', '.join(outputs)})"
             )
+        if spec.datatype != "FP32":
+            return (
+                f"failover.default_output['{name}']: output '{name}' of model '{model.name}' is "
+                f"{spec.datatype}; a default output can only stand in for FP32 outputs"
+            )
         dims = spec.shape[1:] if model.max_batch_size > 0 else spec.shape
         width = 1
         for d in dims:
