@@ -786,6 +786,8 @@ PYBIND11_MODULE(_core, m) {
            "None when the outputs may answer the batch, else (reason, message); answers nothing.")
       .def("fail", &PyModelCore::Fail, py::arg("buffer"), py::arg("reason"), py::arg("message"), py::arg("timings"))
       .def("stop", [](PyModelCore& m) { m.model->Stop(); }, py::call_guard<py::gil_scoped_release>())
+      .def("close", [](PyModelCore& m) { m.model->Close(); }, py::call_guard<py::gil_scoped_release>(),
+           "After the executors drained: stop and join the deadline reaper thread.")
       .def_property(
           "ready", [](const PyModelCore& m) { return m.model->ready(); },
           [](PyModelCore& m, bool ready) { m.model->set_ready(ready); })

@@ -67,7 +67,9 @@ ModelCore::ModelCore(std::unique_ptr<Signature> signature, ModelCoreOptions opti
       core_(core),
       stats_(options_.latency_bounds_ns, options_.batching.max_batch_size, options_.slo_ns) {}
 
-ModelCore::~ModelCore() {
+ModelCore::~ModelCore() { Close(); }
+
+void ModelCore::Close() {
   batcher_->Stop();
   batcher_->StopReaper();
   if (reaper_.joinable()) reaper_.join();

@@ -370,6 +370,7 @@ class ServableModel:
         self.core_model.ready = False
         self.core_model.stop()
         self.executor.stop(timeout)
+        self.core_model.close()  # the reaper thread, joined with the GIL released
         self.backend.close()
 
     def _warmup_batch_sizes(self) -> list[int]:

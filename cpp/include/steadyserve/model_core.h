@@ -66,7 +66,10 @@ class ModelCore {
  public:
   static Status Create(std::unique_ptr<Signature> signature, ModelCoreOptions options, RequestPool* pool,
                        InferenceCore* core, std::unique_ptr<ModelCore>* out);
-  ~ModelCore();  // stops and joins the reaper (call Stop first to drain)
+  ~ModelCore();  // Close() if the owner did not
+
+  // After the executors drained: stops the reaper thread and joins it. Idempotent.
+  void Close();
 
   // Queues `r` here (r->link already names this model). On error the caller keeps r.
   Status Admit(Request* r);
