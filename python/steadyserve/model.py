@@ -302,40 +302,6 @@ class ServableModel:
         for monitor, _ in self._monitors.values():
             monitor.reset()
 
-    def drift_report(self) -> dict[str, Any]:
-        """Live drift and data quality against the reference, per input and output."""
-        drift = self.config.drift
-        inputs = {
-            name: drift_section(transform.snapshot(), stats, names, drift)
-            for name, (transform, names, stats) in self._contracts.items()
-        }
-        outputs = {
-            name: drift_section(monitor.snapshot(), stats, None, drift)
-            for name, (monitor, stats) in self._monitors.items()
-        }
-        return {
-            "model": self.name,
-            "version": self.version,
-            "psi_threshold": drift.psi_threshold,
-            "window_rows": drift.window_rows if drift.window_seconds is None else None,
-            "window_seconds": drift.window_seconds,
-            "inputs": inputs,
-            "outputs": outputs,
-        }
-
-    def reset_drift(self) -> None:
-        for transform, _, _ in self._contracts.values():
-            transform.reset()
-        for monitor, _ in self._monitors.values():
-            monitor.reset()
-
-    def observe_outputs(self, outputs: dict[str, np.ndarray], rows: int) -> None:
-        """Count a batch's FP32 outputs into their prediction-drift windows."""
-        for name, (monitor, _) in self._monitors.items():
-            out = outputs.get(name)
-            if out is not None and out.dtype == np.float32 and out.shape[:1] == (rows,):
-                monitor.observe(np.ascontiguousarray(out).reshape(rows, -1))
-
     # ----------------------------------------------------------------- lifecycle
 
     def start(self, warmup: bool = True, allow_inline: bool = True) -> None:
