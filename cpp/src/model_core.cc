@@ -98,13 +98,6 @@ int64_t ModelCore::EstimateCompletionNs(uint32_t rows, uint32_t priority) const 
   return batcher_->EstimateCompletionNs(std::max<uint32_t>(1, std::min(rows, max_rows)), level);
 }
 
-void ModelCore::AnswerRefused(Request* r, StatusCode code, const std::string& message, Refusal why) {
-  stats_.Refused(why);
-  stats_.RequestDone(code, batcher_->NowNs() - r->arrival_ns, -1);
-  if (!r->TryAnswer()) return;
-  r->SetError(code, message);
-}
-
 Status ModelCore::Admit(Request* r) {
   uint32_t level;
   Status s = Level(r->priority, &level);

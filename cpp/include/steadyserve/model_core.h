@@ -89,8 +89,6 @@ class ModelCore {
   Status CompleteBatch(uint32_t buffer, const OutputTensor* outputs, size_t n, const BatchTimings& t);
   // The batch failed (reason: execution_error | execution_timeout | bad_output).
   void FailBatch(uint32_t buffer, const std::string& reason, const std::string& message, const BatchTimings& t);
-  // Answers a request refused or shed by this model (counts it).
-  void AnswerRefused(Request* r, StatusCode code, const std::string& message, Refusal why);
 
   void Stop() { batcher_->Stop(); }
   bool ready() const { return ready_.load(std::memory_order_acquire); }

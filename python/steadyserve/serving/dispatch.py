@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
-import time
 from collections.abc import Mapping, Sequence
 
 from .. import _core, _native  # noqa: F401  (_native hands the core our exception types)
@@ -66,12 +65,6 @@ class Dispatcher:
                 if c is None:
                     c = self._loops[loop] = LoopCompletions(self.core, loop)
         return c
-
-    def forget_loop(self, loop) -> None:
-        with self._loops_lock:
-            c = self._loops.pop(loop, None)
-        if c is not None:
-            c.close()
 
     def run_inline(self) -> None:
         for executor in self.inline:
@@ -168,11 +161,3 @@ def _priority(priority) -> int:
     if p < 0:
         raise InvalidArgumentError(f"priority must be >= 0 (1 is the highest level); got {p}")
     return p
-
-
-def deadline_from_timeout(timeout: float | None) -> int:
-    if timeout is None:
-        return 0
-    if not timeout > 0:
-        raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
-    return time.monotonic_ns() + int(timeout * 1e9)
