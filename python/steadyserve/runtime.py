@@ -28,8 +28,8 @@ from .errors import (
 )
 from .faults import Fault, FaultInjector
 from .model import InferResult, ServableModel
-from .monitoring.drift import register_drift_collector
-from .monitoring.metrics import Metrics, register_core_collector, register_slo_collector
+from .monitoring.drift import DriftCollector
+from .monitoring.metrics import CoreCollector, Metrics, SloCollector
 from .repository import scan_repository, validate_model_name
 from .routing import Router
 from .serving.dispatch import Dispatcher
@@ -66,9 +66,9 @@ class Runtime:
         cool-downs; tests pass a clock they advance instead of sleeping."""
         self.repository = Path(repository)
         self.metrics = metrics if metrics is not None else Metrics()
-        register_drift_collector(self)  # drift gauges, read from the models at scrape time
-        register_slo_collector(self)  # SLO figures (refusals, estimates), read at scrape time
-        register_core_collector(self)  # request and batch figures, read from the core
+        DriftCollector.register(self)  # drift gauges, read from the models at scrape time
+        SloCollector.register(self)  # SLO figures (refusals, estimates), read at scrape time
+        CoreCollector.register(self)  # request and batch figures, read from the core
         self._lock = threading.Lock()
         self._models: dict[str, dict[str, ServableModel]] = {}
         self._index: dict[tuple[str, str], ModelIndexEntry] = {}

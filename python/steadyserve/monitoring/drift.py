@@ -53,10 +53,8 @@ sustained for 10 minutes; the second fires on data-quality trouble)::
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from .metrics import RuntimeCollector
@@ -121,24 +119,4 @@ class DriftCollector(RuntimeCollector):
         yield from (psi, worst, missing, out_of_range, rows)
 
 
-_COLLECTORS: weakref.WeakKeyDictionary[CollectorRegistry, DriftCollector] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def register_drift_collector(runtime) -> DriftCollector:
-    """Export the drift gauges of ``runtime``'s models in ``runtime.metrics.registry``.
-
-    One collector per registry: runtimes sharing a registry share it.
-    """
-    registry = runtime.metrics.registry
-    collector = _COLLECTORS.get(registry)
-    if collector is None:
-        collector = DriftCollector()
-        registry.register(collector)
-        _COLLECTORS[registry] = collector
-    collector.add(runtime)
-    return collector
-
-
-__all__ = ["DriftCollector", "register_drift_collector"]
+__all__ = ["DriftCollector"]

@@ -91,9 +91,28 @@ class Metrics:
         self.circuit_transitions.labels(model, state).inc()
 
 
+# Per collector class, the one collector of each registry (runtimes sharing a registry
+# share it).
+_REGISTERED: dict[type, weakref.WeakKeyDictionary] = {}
+
+
 class RuntimeCollector:
     """Base of the scrape-time collectors: the runtimes registered with it, held weakly
     (a closed and dropped Runtime simply disappears from the metrics)."""
+
+    @classmethod
+    def register(cls, runtime) -> RuntimeCollector:
+        """Export this collector's figures of ``runtime``'s models in
+        ``runtime.metrics.registry`` (one collector of each class per registry)."""
+        per_registry = _REGISTERED.setdefault(cls, weakref.WeakKeyDictionary())
+        registry = runtime.metrics.registry
+        collector = per_registry.get(registry)
+        if collector is None:
+            collector = cls()
+            registry.register(collector)
+            per_registry[registry] = collector
+        collector.add(runtime)
+        return collector
 
     def __init__(self) -> None:
         self._runtimes: list[weakref.ref] = []
@@ -172,11 +191,6 @@ class SloCollector(RuntimeCollector):
             except Exception:  # one model's trouble must not take /metrics down
                 log.exception("SLO figures failed", extra={"model": model.name})
         yield from (refused, estimate, cap, slo, executing)
-
-
-_SLO_COLLECTORS: weakref.WeakKeyDictionary[CollectorRegistry, SloCollector] = (
-    weakref.WeakKeyDictionary()
-)
 
 
 # Status code numbers -> the outcome label of steadyserve_requests_total.
@@ -299,33 +313,3 @@ class CoreCollector(RuntimeCollector):
             yield merged
         yield failovers
         yield triggers
-
-
-_CORE_COLLECTORS: weakref.WeakKeyDictionary[CollectorRegistry, CoreCollector] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def register_core_collector(runtime) -> CoreCollector:
-    """Export the core's figures of ``runtime``'s models in ``runtime.metrics.registry``."""
-    registry = runtime.metrics.registry
-    collector = _CORE_COLLECTORS.get(registry)
-    if collector is None:
-        collector = CoreCollector()
-        registry.register(collector)
-        _CORE_COLLECTORS[registry] = collector
-    collector.add(runtime)
-    return collector
-
-
-def register_slo_collector(runtime) -> SloCollector:
-    """Export the SLO figures of ``runtime``'s models in ``runtime.metrics.registry``
-    (one collector per registry: runtimes sharing a registry share it)."""
-    registry = runtime.metrics.registry
-    collector = _SLO_COLLECTORS.get(registry)
-    if collector is None:
-        collector = SloCollector()
-        registry.register(collector)
-        _SLO_COLLECTORS[registry] = collector
-    collector.add(runtime)
-    return collector
