@@ -468,6 +468,8 @@ class PyModelCore {
     py::dict refusals;
     for (size_t k = 0; k < static_cast<size_t>(Refusal::kCount); ++k)
       refusals[RefusalName(static_cast<Refusal>(k))] = st.RefusalCount(static_cast<Refusal>(k));
+    // A caller's cancel is counted where it happens: by the batcher that withdrew it.
+    refusals[RefusalName(Refusal::kCancelled)] = model->batcher().Stats().cancelled;
     d["refusals"] = refusals;
     py::dict by_size;
     for (uint32_t rows = 1; rows <= st.max_batch_size(); ++rows) {

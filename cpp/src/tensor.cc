@@ -108,36 +108,24 @@ Status ConvertTyped(std::string_view input, const void* src, void* dst, uint64_t
   return Status::Ok();
 }
 
-template <typename From>
-Status ConvertFrom(std::string_view input, const void* src, DataType to, void* dst, uint64_t count) {
-  switch (to) {
-    case DataType::kBool:
-      return ConvertTyped<From, bool>(input, src, dst, count, to);
-    case DataType::kUint8:
-      return ConvertTyped<From, uint8_t>(input, src, dst, count, to);
-    case DataType::kUint16:
-      return ConvertTyped<From, uint16_t>(input, src, dst, count, to);
-    case DataType::kUint32:
-      return ConvertTyped<From, uint32_t>(input, src, dst, count, to);
-    case DataType::kUint64:
-      return ConvertTyped<From, uint64_t>(input, src, dst, count, to);
-    case DataType::kInt8:
-      return ConvertTyped<From, int8_t>(input, src, dst, count, to);
-    case DataType::kInt16:
-      return ConvertTyped<From, int16_t>(input, src, dst, count, to);
-    case DataType::kInt32:
-      return ConvertTyped<From, int32_t>(input, src, dst, count, to);
-    case DataType::kInt64:
-      return ConvertTyped<From, int64_t>(input, src, dst, count, to);
-    case DataType::kFp32:
-      return ConvertTyped<From, float>(input, src, dst, count, to);
-    case DataType::kFp64:
-      return ConvertTyped<From, double>(input, src, dst, count, to);
-    default:
-      break;
+// Calls f(T{}) with T the C++ element type of a numeric datatype (FP16 and BYTES have
+// none); false when there is none. The one table from datatype to C++ type.
+template <typename F>
+bool WithElementType(DataType t, F&& f) {
+  switch (t) {
+    case DataType::kBool: f(bool{}); return true;
+    case DataType::kUint8: f(uint8_t{}); return true;
+    case DataType::kUint16: f(uint16_t{}); return true;
+    case DataType::kUint32: f(uint32_t{}); return true;
+    case DataType::kUint64: f(uint64_t{}); return true;
+    case DataType::kInt8: f(int8_t{}); return true;
+    case DataType::kInt16: f(int16_t{}); return true;
+    case DataType::kInt32: f(int32_t{}); return true;
+    case DataType::kInt64: f(int64_t{}); return true;
+    case DataType::kFp32: f(float{}); return true;
+    case DataType::kFp64: f(double{}); return true;
+    default: return false;
   }
-  return Status(StatusCode::kInvalidArgument, "input '" + std::string(input) + "': cannot convert to " +
-                                                  DataTypeName(to));
 }
 
 }  // namespace
@@ -170,33 +158,13 @@ Status ConvertElements(std::string_view input, DataType from, const void* src, D
                              " to " + DataTypeName(to);
   if (to == DataType::kFp16 || to == DataType::kBytes || from == DataType::kFp16 || from == DataType::kBytes)
     return Status(StatusCode::kInvalidArgument, cannot + " (send " + DataTypeName(to) + ")");
-  switch (from) {
-    case DataType::kBool:
-      return ConvertFrom<bool>(input, src, to, dst, count);
-    case DataType::kUint8:
-      return ConvertFrom<uint8_t>(input, src, to, dst, count);
-    case DataType::kUint16:
-      return ConvertFrom<uint16_t>(input, src, to, dst, count);
-    case DataType::kUint32:
-      return ConvertFrom<uint32_t>(input, src, to, dst, count);
-    case DataType::kUint64:
-      return ConvertFrom<uint64_t>(input, src, to, dst, count);
-    case DataType::kInt8:
-      return ConvertFrom<int8_t>(input, src, to, dst, count);
-    case DataType::kInt16:
-      return ConvertFrom<int16_t>(input, src, to, dst, count);
-    case DataType::kInt32:
-      return ConvertFrom<int32_t>(input, src, to, dst, count);
-    case DataType::kInt64:
-      return ConvertFrom<int64_t>(input, src, to, dst, count);
-    case DataType::kFp32:
-      return ConvertFrom<float>(input, src, to, dst, count);
-    case DataType::kFp64:
-      return ConvertFrom<double>(input, src, to, dst, count);
-    default:
-      break;
-  }
-  return Status(StatusCode::kInvalidArgument, cannot);
+  Status status(StatusCode::kInvalidArgument, cannot);
+  WithElementType(from, [&](auto from_tag) {
+    WithElementType(to, [&](auto to_tag) {
+      status = ConvertTyped<decltype(from_tag), decltype(to_tag)>(input, src, dst, count, to);
+    });
+  });
+  return status;
 }
 
 }  // namespace steadyserve

@@ -76,11 +76,10 @@ def statistics_of(raw: dict) -> ModelStatistics:
     )
 
 
-def refusals_of(core_model) -> dict[str, int]:
-    """Requests not executed, by reason: counted by the core where they happen."""
-    refusals = dict(core_model.statistics()["refusals"])
-    refusals["cancelled"] = core_model.batcher_stats()["cancelled"]
-    return refusals
+def refusals_of(core_model, raw: dict | None = None) -> dict[str, int]:
+    """Requests not executed, by reason: counted by the core where they happen
+    (``raw``: a ``statistics()`` already read)."""
+    return dict((raw if raw is not None else core_model.statistics())["refusals"])
 
 
 def _percentiles(ns: list[int]) -> dict[str, float | None]:
@@ -106,7 +105,7 @@ def slo_report_of(model, elapsed_s: float) -> dict[str, Any]:
         "attainment": (met / answered if answered else None) if has_slo else None,
         "goodput_per_s": met / max(1e-9, elapsed_s) if has_slo else None,
         "failed": raw["fail"][0],
-        "refused": refusals_of(core),
+        "refused": refusals_of(core, raw),
         "latency_ms_recent": _percentiles(core.recent_latencies_ns()),
         "queue_ms_recent": _percentiles(core.recent_queue_ns()),
         "execution_estimate_ms": {
