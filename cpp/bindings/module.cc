@@ -319,7 +319,9 @@ class PyModelCore {
     bool stopped = false;
     Status s;
     {
-      py::gil_scoped_release release;
+      // A poll (timeout 0, inline execution) never waits: keep the GIL rather than hand it
+      // to another thread and queue for it again, once per request on the event loop.
+      MaybeReleaseGil release(timeout_ns != 0);
       s = model->NextBatch(timeout_ns, &batch, &stopped);
     }
     RaiseIfError(s);
