@@ -365,19 +365,9 @@ Status InferenceCore::SubmitWire(const uint8_t* data, size_t size, int64_t deadl
     if (p.key == "priority") priority = static_cast<uint32_t>(std::min<int64_t>(v, UINT32_MAX));
     else timeout_us = v;
   }
-  Request* r = pool_.Acquire();
-  if (r == nullptr)
-    return Status(StatusCode::kResourceExhausted, "server is at its limit of " +
-                                                      std::to_string(pool_.capacity()) + " requests in flight");
-  r->arrival_ns = first->batcher().NowNs();
-  s = first->signature().DecodeWire(view, r);
-  if (!s.ok()) {
-    first->stats().Refused(Refusal::kInvalidInput);
-    first->stats().RequestDone(s.code(), 0, -1);
-    pool_.Release(r);
-    pool_.Release(r);
-    return s;
-  }
+  Request* r = nullptr;
+  s = Decode(*first, [&](Request* req) { return first->signature().DecodeWire(view, req); }, &r);
+  if (!s.ok()) return s;
   r->model = *model_name;
   r->version.assign(view.model_version);
   r->id.assign(view.id);
@@ -414,19 +404,11 @@ Status InferenceCore::SubmitTensors(const std::string& model, const std::string&
     Status s = FirstModelLocked(model, version, &first);
     if (!s.ok()) return s;
   }
-  Request* r = pool_.Acquire();
-  if (r == nullptr)
-    return Status(StatusCode::kResourceExhausted, "runtime is at its limit of " +
-                                                      std::to_string(pool_.capacity()) + " requests in flight");
-  r->arrival_ns = first->batcher().NowNs();
-  Status s = first->signature().LoadTensors(tensors, n, outputs, n_outputs, r);
-  if (!s.ok()) {
-    first->stats().Refused(Refusal::kInvalidInput);
-    first->stats().RequestDone(s.code(), 0, -1);
-    pool_.Release(r);
-    pool_.Release(r);
-    return s;
-  }
+  Request* r = nullptr;
+  Status s = Decode(*first, [&](Request* req) {
+    return first->signature().LoadTensors(tensors, n, outputs, n_outputs, req);
+  }, &r);
+  if (!s.ok()) return s;
   r->model = model;
   r->version = version;
   r->priority = priority;

@@ -143,6 +143,27 @@ class InferenceCore {
   Status FirstModelLocked(const std::string& model, const std::string& version,
                           std::shared_ptr<ModelCore>* first) const;
 
+  // A fresh request from the pool, stamped and filled by `fill` (decode against `first`'s
+  // signature); a refusal is counted on `first` and the request returned to the pool.
+  template <typename Fill>
+  Status Decode(ModelCore& first, Fill&& fill, Request** out) {
+    Request* r = pool_.Acquire();
+    if (r == nullptr)
+      return Status(StatusCode::kResourceExhausted, "runtime is at its limit of " +
+                                                        std::to_string(pool_.capacity()) + " requests in flight");
+    r->arrival_ns = first.batcher().NowNs();
+    Status s = fill(r);
+    if (!s.ok()) {
+      first.stats().Refused(Refusal::kInvalidInput);
+      first.stats().RequestDone(s.code(), 0, -1);
+      pool_.Release(r);  // both references: nobody else saw it
+      pool_.Release(r);
+      return s;
+    }
+    *out = r;
+    return Status::Ok();
+  }
+
   RequestPool pool_;
   mutable std::shared_mutex mu_;  // the table; requests take it shared
   std::unordered_map<std::string, std::unique_ptr<Entry>> entries_;
