@@ -280,33 +280,9 @@ def ort_rows_per_s(
     Runs `rounds` rounds of at least `min_time_s` and keeps the best: on a shared machine
     noise only ever slows a loop down, so the best round is the closest to the limit.
     """
-    x = np.random.default_rng(seed).standard_normal((batch_size, N_FEATURES)).astype(np.float32)
-    feeds = {INPUT: x}
-    for _ in range(50):
-        session.run(None, feeds)
-    per_round = []
-    medians = []
-    for _ in range(rounds):
-        samples = []
-        t0 = time.perf_counter()
-        t_end = t0 + min_time_s
-        while True:
-            a = time.perf_counter()
-            session.run(None, feeds)
-            b = time.perf_counter()
-            samples.append(b - a)
-            if b >= t_end:
-                break
-        per_round.append(len(samples) / (time.perf_counter() - t0))
-        medians.append(float(np.median(samples)))
-    best = max(per_round)
-    return {
-        "batch_size": batch_size,
-        "run_us_median": round(min(medians) * 1e6, 2),
-        "runs_per_s": round(best, 1),
-        "rows_per_s": round(best * batch_size, 1),
-        "rows_per_s_rounds": [round(r * batch_size, 1) for r in per_round],
-    }
+    return ort_batch_timing(
+        session, batch_size, N_FEATURES, INPUT, min_time_s=min_time_s, rounds=rounds, seed=seed
+    )
 
 
 # --------------------------------------------------------------------------- other models
@@ -384,8 +360,9 @@ def ort_batch_timing(
     warmup_s: float = 0.05,
     seed: int = 0,
 ) -> dict:
-    """Like ``ort_rows_per_s`` for any [batch, n_features] FP32 input, with time-based
-    warm-up (a 20 ms run makes 50 warm-up runs expensive); best of `rounds` rounds."""
+    """Raw ONNX Runtime at one batch size for any [batch, n_features] FP32 input, with a
+    time-based warm-up (a 20 ms run makes 50 warm-up runs expensive); best of `rounds`
+    rounds of at least `min_time_s` (and 3 runs)."""
     x = np.random.default_rng(seed).standard_normal((batch_size, n_features)).astype(np.float32)
     feeds = {input_name: x}
     t_end = time.perf_counter() + warmup_s
