@@ -547,7 +547,10 @@ class PyInferenceCore {
 
   // In-process: inputs is a mapping name -> array. cq None: returns a Pending to wait on.
   py::object Submit(const std::string& model, const std::string& version, const py::object& inputs_obj,
-                    const py::object& outputs, int64_t deadline_ns, uint32_t priority, py::object cq, uint64_t tag) {
+                    const py::object& outputs, int64_t deadline_ns, int64_t priority, py::object cq, uint64_t tag) {
+    if (priority < 0)
+      Raise(StatusCode::kInvalidArgument,
+            "priority must be >= 0 (1 is the highest level); got " + std::to_string(priority));
     if (!PyDict_Check(inputs_obj.ptr()))
       Raise(StatusCode::kInvalidArgument, "inputs must be a dict of input name to array");
     // Small fixed arrays: a request allocates nothing here beyond what numpy does.
@@ -627,8 +630,9 @@ class PyInferenceCore {
     Status s;
     {
       MaybeReleaseGil release(total >= kReleaseGilBytes);
-      s = core->SubmitTensors(model, version, refs, k, out_views.data(), out_views.size(),
-                              deadline_ns, priority, queue ? queue->get() : nullptr, tag, &queued, &r);
+      const auto level = static_cast<uint32_t>(std::min<int64_t>(priority, UINT32_MAX));
+      s = core->SubmitTensors(model, version, refs, k, out_views.data(), out_views.size(), deadline_ns, level,
+                              queue ? queue->get() : nullptr, tag, &queued, &r);
     }
     RaiseIfError(s);
     if (!queued) {

@@ -111,8 +111,8 @@ class Dispatcher:
             version or "",
             self._inputs(inputs),
             None if outputs is None else list(outputs),
-            int(deadline_ns or 0),
-            _priority(priority),
+            deadline_ns or 0,
+            priority,
         )
         if isinstance(pending, tuple):  # answered at once
             return pending[0]
@@ -138,8 +138,8 @@ class Dispatcher:
             version or "",
             self._inputs(inputs),
             None if outputs is None else list(outputs),
-            int(deadline_ns or 0),
-            _priority(priority),
+            deadline_ns or 0,
+            priority,
             c.queue,
             tag,
         )
@@ -155,9 +155,3 @@ class Dispatcher:
             self.core.cancel(handle)
             raise
 
-
-def _priority(priority) -> int:
-    p = int(priority)
-    if p < 0:
-        raise InvalidArgumentError(f"priority must be >= 0 (1 is the highest level); got {p}")
-    return p
