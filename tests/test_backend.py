@@ -20,6 +20,7 @@ from onnx_models import (
     write_int64_input,
     write_linear,
     write_sequence_output,
+    write_tunable_compute,
 )
 from steadyserve.backends import OnnxBackend
 from steadyserve.config import OnnxRuntimeConfig
@@ -255,3 +256,54 @@ def test_without_onnxruntime_the_package_imports_and_load_says_what_to_install(t
         "pip install 'steadyserve[cpu]'" in done.stdout
         and "pip install 'steadyserve[gpu]'" in done.stdout
     )
+
+
+def _busy(rows):
+    """Inputs of write_tunable_compute that keep a batch busy for milliseconds."""
+    return {
+        "x": np.zeros((rows, 512), dtype=np.float32),
+        "work": np.full((rows, 1), 40, dtype=np.int64),
+    }
+
+
+def _one_row(backend):
+    return lambda rows: backend.zero_inputs(rows)
+
+
+def test_auto_threads_keep_one_thread_for_a_fast_model(tmp_path, caplog):
+    """intra_op_threads: auto does not even try more threads when one row takes
+    microseconds: hand-offs between threads would cost more than they save."""
+    write_identity(tmp_path / "m.onnx")
+    backend = OnnxBackend.load(tmp_path / "m.onnx")  # the default is auto
+    backend.warmup(_one_row(backend), [1, 8])
+    assert backend.intra_op_threads == 1
+    assert backend.session.get_session_options().intra_op_num_threads == 1
+    assert "intra_op_threads auto" not in caplog.text
+
+
+def test_auto_threads_are_chosen_from_the_warmup_timings(tmp_path, caplog):
+    """A model slow enough for threads to matter is timed with one thread and with one
+    per core; the session kept runs with the count the log line reports."""
+    from steadyserve.backends.onnx import auto_thread_count
+
+    write_tunable_compute(tmp_path / "m.onnx", width=512)
+    backend = OnnxBackend.load(tmp_path / "m.onnx")
+    with caplog.at_level("INFO", logger="steadyserve.backend"):
+        timings = backend.warmup(_busy, [1, 4])
+    assert set(timings) == {1, 4}
+    threads = backend.session.get_session_options().intra_op_num_threads
+    assert threads == backend.intra_op_threads
+    if auto_thread_count() < 2:
+        assert threads == 1 and "intra_op_threads auto" not in caplog.text
+    else:
+        assert threads in (1, auto_thread_count())
+        assert f"intra_op_threads auto: {threads} " in caplog.text
+
+
+def test_explicit_threads_are_never_tuned(tmp_path, caplog):
+    write_tunable_compute(tmp_path / "m.onnx", width=512)
+    backend = OnnxBackend.load(tmp_path / "m.onnx", OnnxRuntimeConfig(intra_op_threads=1))
+    with caplog.at_level("INFO", logger="steadyserve.backend"):
+        backend.warmup(_busy, [1])
+    assert backend.session.get_session_options().intra_op_num_threads == 1
+    assert "intra_op_threads auto" not in caplog.text

@@ -44,7 +44,7 @@ def test_defaults_are_the_documented_ones():
     assert (ort.device, ort.device_id, ort.intra_op_threads, ort.inter_op_threads) == (
         "cpu",
         0,
-        1,
+        "auto",
         1,
     )
     assert (ort.allow_spinning, ort.graph_optimization, ort.warmup) == (False, "all", True)

@@ -114,8 +114,11 @@ class BatchingConfig(_Section):
 class OnnxRuntimeConfig(_Section):
     device: Literal["cpu", "cuda"] = Field("cpu", description="'cpu' or 'cuda'")
     device_id: int = Field(0, ge=0, description="CUDA device number, >= 0 (only with device: cuda)")
-    intra_op_threads: int = Field(
-        1, ge=0, description="threads inside one operator, >= 0 (0 = ONNX Runtime's default)"
+    intra_op_threads: int | Literal["auto"] = Field(
+        "auto",
+        description="threads inside one operator: 'auto' (chosen from the warm-up: one "
+        "thread, unless more make a one-row batch faster), or >= 0 (0 = ONNX Runtime's "
+        "default)",
     )
     inter_op_threads: int = Field(
         1, ge=0, description="threads across operators, >= 0 (0 = ONNX Runtime's default)"
@@ -129,6 +132,13 @@ class OnnxRuntimeConfig(_Section):
         "all", description="'disable', 'basic', 'extended' or 'all'"
     )
     warmup: bool = Field(True, description="true/false: run each batch size once before serving")
+
+    @field_validator("intra_op_threads")
+    @classmethod
+    def _threads(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 0:
+            raise _rule_error("", value, "intra_op_threads must be 'auto' or an integer >= 0")
+        return value
 
     @model_validator(mode="after")
     def _device_id_needs_cuda(self) -> OnnxRuntimeConfig:

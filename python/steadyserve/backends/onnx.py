@@ -7,6 +7,8 @@ model needs it, and then the error says which package to install.
 
 from __future__ import annotations
 
+import logging
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -17,10 +19,24 @@ import numpy as np
 
 from ..config import OnnxRuntimeConfig
 from ..datatypes import ONNX_TO_V2, TensorSpec
-from ..errors import BackendUnavailableError, ConfigError, InternalError, UnavailableError
+from ..errors import (
+    BackendUnavailableError,
+    ConfigError,
+    InternalError,
+    SteadyServeError,
+    UnavailableError,
+)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+
+log = logging.getLogger("steadyserve.backend")
+
+# intra_op_threads: auto. A one-row batch faster than this on one thread gains nothing
+# from more (thread hand-offs cost tens of microseconds), so no second session is tried.
+AUTO_THREADS_MIN_S = 0.0003
+# ... and more threads are kept only when they make the one-row batch this much faster.
+AUTO_THREADS_GAIN = 0.8
 
 _INSTALL_HINT = (
     "pip install 'steadyserve[cpu]' (CPU) or pip install 'steadyserve[gpu]' (NVIDIA CUDA; "
@@ -38,9 +54,17 @@ def _import_ort() -> Any:
     return onnxruntime
 
 
-def _session_options(ort: Any, options: OnnxRuntimeConfig) -> Any:
+def auto_thread_count() -> int:
+    """The intra-op threads tried by intra_op_threads: auto: the cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _session_options(ort: Any, options: OnnxRuntimeConfig, intra_op_threads: int) -> Any:
     so = ort.SessionOptions()
-    so.intra_op_num_threads = options.intra_op_threads
+    so.intra_op_num_threads = intra_op_threads
     so.inter_op_num_threads = options.inter_op_threads
     # Sequential: the batcher gives ORT whole batches; parallelism across requests comes
     # from instances (executor threads), not from ORT's inter-op scheduler.
@@ -57,6 +81,19 @@ def _session_options(ort: Any, options: OnnxRuntimeConfig) -> Any:
     so.add_session_config_entry("session.intra_op.allow_spinning", spin)
     so.add_session_config_entry("session.inter_op.allow_spinning", spin)
     return so
+
+
+def _open_session(ort: Any, path: Path, options: OnnxRuntimeConfig, intra_op_threads: int) -> Any:
+    try:
+        return ort.InferenceSession(
+            str(path),
+            sess_options=_session_options(ort, options, intra_op_threads),
+            providers=_providers(ort, path, options),
+        )
+    except SteadyServeError:
+        raise
+    except Exception as exc:  # ORT raises its own pybind exception types
+        raise ConfigError(f"cannot load ONNX model {path}: {exc}") from None
 
 
 def _providers(ort: Any, path: Path, options: OnnxRuntimeConfig) -> list[Any]:
@@ -98,13 +135,22 @@ class OnnxBackend:
     """One ONNX Runtime session. ``run`` may be called from several threads at once."""
 
     def __init__(
-        self, path: Path, session: Any, inputs: list[TensorSpec], outputs: list[TensorSpec]
+        self,
+        path: Path,
+        session: Any,
+        inputs: list[TensorSpec],
+        outputs: list[TensorSpec],
+        options: OnnxRuntimeConfig | None = None,
+        intra_op_threads: int = 1,
     ):
         self.path = path
         self._session = session
         self.inputs = inputs
         self.outputs = outputs
         self.providers: list[str] = list(session.get_providers())
+        self._options = options or OnnxRuntimeConfig()
+        # The threads the session runs with (intra_op_threads: auto settles it in warmup).
+        self.intra_op_threads = intra_op_threads
 
     @classmethod
     def load(cls, path: Path | str, options: OnnxRuntimeConfig | None = None) -> OnnxBackend:
@@ -118,13 +164,8 @@ class OnnxBackend:
         ort = _import_ort()
         if not path.is_file():
             raise ConfigError(f"model file {path} does not exist")
-        providers = _providers(ort, path, options)
-        try:
-            session = ort.InferenceSession(
-                str(path), sess_options=_session_options(ort, options), providers=providers
-            )
-        except Exception as exc:  # ORT raises its own pybind exception types
-            raise ConfigError(f"cannot load ONNX model {path}: {exc}") from None
+        threads = 1 if options.intra_op_threads == "auto" else options.intra_op_threads
+        session = _open_session(ort, path, options, threads)
         # ORT falls back to CPU (with only a log line) when the CUDA libraries fail to load;
         # a model configured for the GPU must not quietly run on the CPU instead.
         if options.device == "cuda" and CUDA not in session.get_providers():
@@ -135,7 +176,7 @@ class OnnxBackend:
             )
         inputs = _specs(path, session.get_inputs(), "input")
         outputs = _specs(path, session.get_outputs(), "output")
-        return cls(path, session, inputs, outputs)
+        return cls(path, session, inputs, outputs, options, threads)
 
     @property
     def session(self) -> Any:
@@ -195,6 +236,12 @@ class OnnxBackend:
         """
         if repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {repeats}")
+        timings = self._time_sizes(inputs_for_batch, batch_sizes, repeats)
+        if self._options.intra_op_threads == "auto" and self._options.device == "cpu":
+            timings = self._choose_threads(inputs_for_batch, batch_sizes, repeats, timings)
+        return timings
+
+    def _time_sizes(self, inputs_for_batch, batch_sizes, repeats) -> dict[int, float]:
         timings: dict[int, float] = {}
         for size in batch_sizes:
             feeds = inputs_for_batch(size)
@@ -206,6 +253,40 @@ class OnnxBackend:
                 samples.append(time.perf_counter() - start)
             timings[size] = statistics.median(samples)
         return timings
+
+    def _choose_threads(self, inputs_for_batch, batch_sizes, repeats, one_thread):
+        """intra_op_threads: auto. One thread unless the model is slow enough for more to
+        pay: then a session with one thread per core is timed the same way and kept if a
+        one-row batch gets clearly faster (latency at low load is what threads buy; at high
+        load the batcher's larger batches keep one thread busy anyway)."""
+        smallest = min(one_thread)
+        cores = auto_thread_count()
+        if cores < 2 or one_thread[smallest] < AUTO_THREADS_MIN_S:
+            return one_thread
+        ort = _import_ort()
+        candidate = _open_session(ort, self.path, self._options, cores)
+        single, self._session = self._session, candidate
+        try:
+            many = self._time_sizes(inputs_for_batch, batch_sizes, repeats)
+        except Exception:
+            self._session = single
+            raise
+        if many[smallest] < AUTO_THREADS_GAIN * one_thread[smallest]:
+            self.intra_op_threads = cores
+            chosen = many
+        else:
+            self._session = single
+            chosen = one_thread
+        log.info(
+            "intra_op_threads auto: %d (batch of %d: %.3f ms with 1 thread, %.3f ms with %d)",
+            self.intra_op_threads,
+            smallest,
+            one_thread[smallest] * 1e3,
+            many[smallest] * 1e3,
+            cores,
+            extra={"model": str(self.path), "intra_op_threads": self.intra_op_threads},
+        )
+        return chosen
 
     def close(self) -> None:
         """Drop the session (ORT frees it once in-flight runs return). Idempotent."""
