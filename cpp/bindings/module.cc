@@ -26,6 +26,7 @@ namespace py = pybind11;
 using namespace steadyserve;
 
 void BindWire(py::module_& m);
+void BindFrontend(py::module_& m, InferenceCore* (*core_of)(py::handle), void (*raise)(const Status&));
 
 namespace {
 
@@ -864,4 +865,7 @@ PYBIND11_MODULE(_core, m) {
              return out;
            })
       .def_property_readonly("requests_in_use", [](PyInferenceCore& c) { return c.core->pool().in_use(); });
+
+  BindFrontend(
+      m, [](py::handle h) { return h.cast<PyInferenceCore&>().core.get(); }, &RaiseIfError);
 }

@@ -148,8 +148,39 @@ std::shared_ptr<ModelCore> InferenceCore::Find(const std::string& name, const st
   return it == e->versions.end() ? nullptr : it->second;
 }
 
+namespace {
+
+// The repository's rule for a model name (repository.validate_model_name says
+// it for directories; this is the same rule for names that arrive on the wire,
+// checked only when the name is not a loaded model, so it costs nothing on the
+// way of a valid request).
+constexpr size_t kMaxModelNameLength = 255;
+
+bool NameChar(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '.' ||
+         c == '-';
+}
+
+Status CheckModelName(const std::string& name) {
+  if (name.empty()) return Status(StatusCode::kInvalidArgument, "model name is empty");
+  bool ok = name.size() <= kMaxModelNameLength && NameChar(name[0]) && name[0] != '_' && name[0] != '.' &&
+            name[0] != '-' && name.find("..") == std::string::npos;
+  for (size_t i = 0; ok && i < name.size(); ++i) ok = NameChar(name[i]);
+  if (ok) return Status::Ok();
+  std::string shown = name.size() <= 80 ? name : name.substr(0, 77) + "...";
+  return Status(StatusCode::kInvalidArgument,
+                "invalid model name '" + shown + "': a model name is 1 to " + std::to_string(kMaxModelNameLength) +
+                    " characters of A-Z a-z 0-9 _ . -, starts with a letter or digit and contains no '..'");
+}
+
+}  // namespace
+
 Status InferenceCore::LookupFirst(const std::string& model, const std::string& version) const {
   const Entry* e = EntryLocked(model);
+  if (e == nullptr) {
+    Status bad = CheckModelName(model);
+    if (!bad.ok()) return bad;
+  }
   if (e == nullptr)
     return Status(StatusCode::kNotFound, "model '" + model + "' not found (models: " +
                                              (model_names_.empty() ? "none" : model_names_) + ")");

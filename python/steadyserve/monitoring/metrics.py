@@ -313,3 +313,77 @@ class CoreCollector(RuntimeCollector):
             yield merged
         yield failovers
         yield triggers
+
+
+class FrontendCollector:
+    """Figures of the native gRPC frontend (``_core.GrpcFrontend.stats()``), read at
+    scrape time: connections and streams open, refusals at the door, protocol errors
+    the server sent, and the memory its connections hold."""
+
+    # stats() key -> (metric name, help, counter?)
+    FAMILIES = {
+        "connections_open": ("steadyserve_grpc_connections", "HTTP/2 connections open", False),
+        "connections_accepted": (
+            "steadyserve_grpc_connections_accepted",
+            "HTTP/2 connections accepted",
+            True,
+        ),
+        "connections_refused": (
+            "steadyserve_grpc_connections_refused",
+            "connections refused over --max-connections (GOAWAY naming the limit)",
+            True,
+        ),
+        "streams_open": ("steadyserve_grpc_streams", "gRPC calls open", False),
+        "native_requests": (
+            "steadyserve_grpc_native_requests",
+            "ModelInfer calls and ModelStreamInfer messages handled natively",
+            True,
+        ),
+        "bridged_calls": (
+            "steadyserve_grpc_bridged_calls",
+            "calls of other methods, bridged to the Python handlers",
+            True,
+        ),
+        "streams_refused": (
+            "steadyserve_grpc_streams_refused",
+            "streams refused (REFUSED_STREAM: over max concurrent streams, or after GOAWAY)",
+            True,
+        ),
+        "streams_reset_by_peer": (
+            "steadyserve_grpc_streams_reset_by_peer",
+            "streams the client reset (RST_STREAM) before the answer",
+            True,
+        ),
+        "protocol_errors": (
+            "steadyserve_grpc_protocol_errors",
+            "HTTP/2 stream and connection errors sent to misbehaving clients",
+            True,
+        ),
+        "connection_memory_bytes": (
+            "steadyserve_grpc_connection_memory_bytes",
+            "bytes the open connections hold (buffers, streams, HPACK tables)",
+            False,
+        ),
+    }
+
+    def __init__(self, stats) -> None:
+        self._stats = stats  # a callable: the frontend's stats() dict
+
+    @classmethod
+    def register(cls, registry: CollectorRegistry, stats) -> FrontendCollector:
+        collector = cls(stats)
+        registry.register(collector)
+        return collector
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            stats = self._stats()
+        except Exception:  # a stopped frontend must not take /metrics down
+            log.exception("frontend figures failed")
+            return
+        for key, (name, doc, counter) in self.FAMILIES.items():
+            family = CounterMetricFamily if counter else GaugeMetricFamily
+            yield family(name, doc, value=int(stats.get(key, 0)))
