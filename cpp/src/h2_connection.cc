@@ -83,6 +83,17 @@ bool GrpcContentType(std::string_view ct) {
   return ct.size() == kBase.size() || ct[kBase.size()] == '+' || ct[kBase.size()] == ';';
 }
 
+// content-length: 1 to 18 ASCII digits (no sign, no spaces); -1 when malformed.
+int64_t ParseContentLength(std::string_view v) {
+  if (v.empty() || v.size() > 18) return -1;
+  int64_t n = 0;
+  for (char c : v) {
+    if (c < '0' || c > '9') return -1;
+    n = n * 10 + (c - '0');
+  }
+  return n;
+}
+
 // grpc-timeout: 1 to 8 ASCII digits and a unit (gRPC over HTTP/2). Values too
 // large for int64 nanoseconds saturate (they mean "no deadline" in practice).
 bool ParseGrpcTimeout(std::string_view v, int64_t* ns) {
@@ -154,6 +165,10 @@ struct H2Connection::Stream {
   size_t pending_pos = 0;
   GrpcMessageReader reader;
   int64_t opened_ns = 0;
+  // content-length, when the request declared one (RFC 9113 section 8.1.1: the
+  // DATA must add up to it), and the DATA payload bytes received so far.
+  int64_t content_length = -1;
+  uint64_t data_bytes = 0;
   Stream* read_prev = nullptr;
   Stream* read_next = nullptr;
 
@@ -483,6 +498,13 @@ void H2Connection::Impl::OnData(const Frame& f) {
     return;
   }
   s->recv_unacked += len;
+  s->data_bytes += f.payload.size();
+  if (s->content_length >= 0 &&
+      (s->data_bytes > static_cast<uint64_t>(s->content_length) ||
+       (f.end_stream() && s->data_bytes != static_cast<uint64_t>(s->content_length)))) {
+    ResetWithError(s, ErrorCode::kProtocolError);  // DATA disagrees with content-length: malformed
+    return;
+  }
   if (!s->window_dirty) {
     s->window_dirty = true;
     dirty_.push_back(id);
@@ -577,6 +599,7 @@ void H2Connection::Impl::OnNewStream(uint32_t id, bool end_stream, bool too_larg
   std::string_view method, scheme, path, authority, host, content_type, grpc_encoding, grpc_timeout, request_id;
   bool has_method = false, has_scheme = false, has_path = false, has_authority = false;
   bool has_content_type = false, has_timeout = false;
+  int64_t content_length = -1;
   bool malformed = false;  // RFC 9113 section 8.1.1: a stream error PROTOCOL_ERROR
   bool regular_seen = false;
   regular_.clear();
@@ -621,10 +644,15 @@ void H2Connection::Impl::OnNewStream(uint32_t id, bool end_stream, bool too_larg
       request_id = fld.value;
     } else if (n == "host") {
       host = fld.value;
+    } else if (n == "content-length") {
+      content_length = ParseContentLength(fld.value);
+      malformed = content_length < 0;
+      if (malformed) break;
     }
     regular_.push_back(fld);
   }
-  malformed = malformed || !has_method || !has_scheme || !has_path || path.empty();
+  malformed = malformed || !has_method || !has_scheme || !has_path || path.empty() ||
+              (end_stream && content_length > 0);  // declared a body, sent none
   if (malformed) {
     AppendRstStream(id, ErrorCode::kProtocolError, &out);
     ++stats.protocol_errors;
@@ -660,6 +688,7 @@ void H2Connection::Impl::OnNewStream(uint32_t id, bool end_stream, bool too_larg
   s->send_window = FlowWindow(peer_initial_window_);
   s->recv_window = FlowWindow(recv_initial_);
   s->opened_ns = now_ns_;
+  s->content_length = content_length;
   active_.push_back(s);  // ids only grow: the table stays sorted
   if (!end_stream) LinkRead(s);
   ++stats.streams_opened;
@@ -696,6 +725,10 @@ void H2Connection::Impl::OnStreamHeaders(uint32_t id, bool end_stream, bool too_
   }
   if (!end_stream) {
     ResetWithError(s, ErrorCode::kProtocolError);  // a second HEADERS must be trailers
+    return;
+  }
+  if (s->content_length >= 0 && s->data_bytes != static_cast<uint64_t>(s->content_length)) {
+    ResetWithError(s, ErrorCode::kProtocolError);  // the body ended short of content-length
     return;
   }
   s->remote_closed = true;
@@ -906,6 +939,8 @@ void H2Connection::Impl::Release(Stream* s, bool we_reset) {
   s->remote_closed = s->started = s->finished = s->headers_sent = false;
   s->in_queue = s->window_dirty = false;
   s->finish_status = 0;
+  s->content_length = -1;
+  s->data_bytes = 0;
   s->finish_message.clear();
   s->recv_unacked = 0;
   s->pending.clear();
