@@ -4,6 +4,12 @@ The server runs as a subprocess (``python -m steadyserve serve REPO --host 127.0
 --grpc-port 0 --http-port 0``) and prints ``steadyserve ready grpc=HOST:PORT
 http=HOST:PORT`` once it listens; the fixture reads the ports from that line.
 
+Both gRPC frontends are tested: the session ``server`` (and so ``client``) and the
+servers ``launch`` starts are parametrized over ``FRONTENDS`` through the ``frontend``
+fixture (test ids ``[native]`` / ``[grpcio]``). A test that is about one frontend only
+says so: ``@pytest.mark.parametrize("frontend", ["grpcio"])`` (``only_frontend``).
+``start_server`` itself starts the CLI default (native) unless given ``--frontend``.
+
 Never import ``steadyserve.server`` or ``steadyserve._proto`` in the test process:
 protobuf's default descriptor pool cannot hold both our ``inference.*`` messages and
 tritonclient's.
@@ -34,6 +40,17 @@ STOP_TIMEOUT_S = 30.0
 # Features of the linear models (and of the demo models).
 N_FEATURES = 32
 N_OUTPUTS = 4
+
+FRONTENDS = ("native", "grpcio")
+# Flags that only the grpcio frontend has: a native run of a test passing them through
+# ``launch`` is skipped, visibly (the test is about grpcio's own limits).
+GRPCIO_ONLY_FLAGS = ("--max-concurrent-rpcs", "--max-pending-rpcs")
+
+
+def only_frontend(*names: str):
+    """Mark a test as being about these frontends only (it runs once per name). Session
+    scope, so that it also applies to the session ``server``."""
+    return pytest.mark.parametrize("frontend", names, scope="session")
 
 
 @dataclass
@@ -187,21 +204,34 @@ def model_repo(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session", params=FRONTENDS)
+def frontend(request) -> str:
+    """The gRPC frontend (``--frontend``) of the servers a test uses."""
+    return request.param
+
+
 @pytest.fixture(scope="session")
-def server(model_repo, tmp_path_factory):
-    """One server for the whole session; teardown checks it exits 0 on SIGTERM."""
-    proc = start_server(model_repo, log_dir=tmp_path_factory.mktemp("logs"))
+def server(model_repo, tmp_path_factory, frontend):
+    """One server per frontend for the whole session; teardown checks it exits 0 on SIGTERM."""
+    proc = start_server(
+        model_repo, "--frontend", frontend, log_dir=tmp_path_factory.mktemp(f"logs-{frontend}")
+    )
     yield proc
     rc = proc.stop()
     assert rc == 0, f"server exited with {rc} on SIGTERM; stderr:\n{proc.stderr()[-4000:]}"
 
 
 @pytest.fixture
-def launch(tmp_path):
-    """Start extra servers (``launch(repo, *flags)``); any still running at the end are killed."""
+def launch(tmp_path, frontend):
+    """Start extra servers (``launch(repo, *flags)``) with the test's ``--frontend`` unless the
+    flags name one; any still running at the end are killed."""
     started: list[ServerProcess] = []
 
     def _launch(repo: Path | None, *args: str, name: str = "server") -> ServerProcess:
+        if "--frontend" not in args:
+            if frontend == "native" and any(f in args for f in GRPCIO_ONLY_FLAGS):
+                pytest.skip(f"{' '.join(args)}: flags of the grpcio frontend only")
+            args = ("--frontend", frontend, *args)
         proc = start_server(repo, *args, log_dir=tmp_path, name=f"{name}{len(started)}")
         started.append(proc)
         return proc

@@ -37,7 +37,7 @@ def test_layout_and_configs_are_valid(repo):
         assert src.versions == {1: repo / name / "1" / "model.onnx"}
         assert src.selected_versions() == [1]
         c = src.config
-        assert c.max_batch_size == 64 and c.onnxruntime.intra_op_threads == 1
+        assert c.max_batch_size == 64 and c.onnxruntime.intra_op_threads == "auto"
         # the file spells out the defaults; it must not drift from the schema's
         assert c.batching == ModelConfig().batching and c.onnxruntime == ModelConfig().onnxruntime
 

@@ -246,7 +246,11 @@ def test_deadline_passing_in_the_queue_is_answered_and_never_executed(slo_server
     assert executed(slo_server, client, "fifo") == (before[0] + 1, before[1] + 1)  # blocker
     refused = model_refusals(slo_server, "fifo")
     assert refused["expired_in_queue"] >= 1, refused
-    assert refused["expired_in_queue"] + refused["deadline_passed"] == 2, refused
+    # The gRPC-deadline request expires 1 ms before the client's deadline; on a loaded
+    # machine the client's RST_STREAM can beat that by a hair (the native frontend reads
+    # it at once), and the request is then withdrawn as cancelled - still never executed.
+    gone = refused["expired_in_queue"] + refused["deadline_passed"] + refused.get("cancelled", 0)
+    assert gone == 2, refused
 
 
 def test_priorities_order_execution_over_grpc(slo_server, client):

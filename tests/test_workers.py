@@ -1,4 +1,8 @@
-"""`steadyserve serve --workers N`: N server processes behind one gRPC and HTTP port."""
+"""`steadyserve serve --workers N`: N server processes behind one gRPC and HTTP port.
+
+native: the supervisor listens and the workers serve its sockets; grpcio: the
+workers bind the ports with SO_REUSEPORT. Either way more than one worker answers.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,10 @@ from conftest import start_server
 from onnx_models import make_repo, write_linear
 
 T = 30.0
+CONNECTIONS = 24
+# A channel of its own per client: grpc shares connections between channels to the same
+# address by default, and the test needs separate connections to reach separate workers.
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 
 
 def children(pid: int) -> list[int]:
@@ -21,36 +29,51 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in text.split()]
 
 
-def test_workers_share_the_ports_answer_and_stop_cleanly(tmp_path):
+def test_workers_share_the_ports_answer_and_stop_cleanly(tmp_path, frontend):
     w, b = write_linear(tmp_path / "reference.onnx", n_in=4, n_out=3, seed=7)
     repo = make_repo(
         tmp_path / "repo", {"linear": functools.partial(write_linear, n_in=4, n_out=3, seed=7)}
     )
-    server = start_server(repo, "--workers", "2", log_dir=tmp_path, name="workers")
+    server = start_server(
+        repo, "--workers", "2", "--frontend", frontend, log_dir=tmp_path, name="workers"
+    )
+    clients = []
     try:
         workers = children(server.proc.pid)
         assert len(workers) == 2
         assert "workers: 2 processes" in server.wait_for_output("workers: 2")
-        # Separate connections: the kernel spreads them over the workers; every one of
-        # them answers correctly whichever worker it reached.
-        for i in range(8):
-            with grpcclient.InferenceServerClient(server.grpc) as client:
-                x = np.full((1, 4), i, np.float32)
-                inp = grpcclient.InferInput("x", [1, 4], "FP32")
-                inp.set_data_from_numpy(x)
-                y = client.infer("linear", [inp], client_timeout=T).as_numpy("y")
-                np.testing.assert_allclose(y, x @ w + b, rtol=1e-5, atol=1e-5)
+        # Separate connections, held open: each answers correctly whichever worker it
+        # reached, and then says how many requests that worker has served. One worker
+        # serving them all would count 1, 2, 3, ... in order; a count that does not go
+        # up by one is a request served by another worker.
+        counts = []
+        for i in range(CONNECTIONS):
+            client = grpcclient.InferenceServerClient(server.grpc, channel_args=OWN_CONNECTION)
+            clients.append(client)
+            x = np.full((1, 4), i, np.float32)
+            inp = grpcclient.InferInput("x", [1, 4], "FP32")
+            inp.set_data_from_numpy(x)
+            y = client.infer("linear", [inp], client_timeout=T).as_numpy("y")
+            np.testing.assert_allclose(y, x @ w + b, rtol=1e-5, atol=1e-5)
+            stats = client.get_inference_statistics("linear", as_json=True, client_timeout=T)
+            counts.append(int(stats["model_stats"][0].get("inference_count", 0)))
+        steps = [later - earlier for earlier, later in zip(counts[:-1], counts[1:], strict=True)]
+        assert any(step != 1 for step in steps), f"one worker answered everything: {counts}"
         with urllib.request.urlopen(f"{server.http}/v2/health/ready", timeout=T) as resp:
             assert resp.status == 200
     finally:
+        for client in clients:
+            client.close()
         rc = server.stop()
     assert rc == 0, server.stderr()[-4000:]
     assert all(not Path(f"/proc/{pid}").exists() for pid in workers)
 
 
-def test_workers_die_with_a_killed_supervisor(tmp_path):
+def test_workers_die_with_a_killed_supervisor(tmp_path, frontend):
     repo = make_repo(tmp_path / "repo", {"linear": write_linear})
-    server = start_server(repo, "--workers", "2", log_dir=tmp_path, name="killed")
+    server = start_server(
+        repo, "--workers", "2", "--frontend", frontend, log_dir=tmp_path, name="killed"
+    )
     workers = children(server.proc.pid)
     server.proc.kill()  # no chance to forward anything
     server.proc.wait(timeout=T)

@@ -114,6 +114,7 @@ class PyGrpcFrontend {
     d["protocol_errors"] = s.protocol_errors;
     d["connection_memory_bytes"] = s.connection_memory_bytes;
     d["wakeups"] = s.wakeups;
+    d["connections_per_thread"] = s.connections_per_thread;
     return d;
   }
 

@@ -130,7 +130,8 @@ class GrpcFrontend::IoThread {
   }
 
   struct Mail {
-    enum class Kind : uint8_t { kSend, kFinish, kShutdown, kStop } kind;
+    // kAdopt: a connection another thread accepted (fd in `code`, peer name in `data`).
+    enum class Kind : uint8_t { kSend, kFinish, kAdopt, kShutdown, kStop } kind;
     uint64_t call = 0;
     int code = 0;
     std::string data;
@@ -149,6 +150,7 @@ class GrpcFrontend::IoThread {
 
   // Figures, written by the thread, read by Stats().
   std::atomic<uint64_t> wakeups{0};
+  std::atomic<uint64_t> open_connections{0};
   std::atomic<uint64_t> memory_bytes{0};
   std::atomic<uint64_t> streams_refused{0};
   std::atomic<uint64_t> streams_reset_by_peer{0};
@@ -160,6 +162,7 @@ class GrpcFrontend::IoThread {
 
   void Run();
   void Accept();
+  void Adopt(int fd, std::string peer);
   void RefuseConnection(int fd);
   void OnMail();
   void OnCompletions();
@@ -561,21 +564,40 @@ void GrpcFrontend::IoThread::Accept() {
     }
     const int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    uint64_t serial = next_serial_;
-    while (serial == 0 || conns_.count(serial) != 0) serial = (serial + 1) & kSerialMask;
-    next_serial_ = (serial + 1) & kSerialMask;
-    auto conn = std::make_unique<Conn>(this, fd, serial, PeerName(addr), NowNs());
-    Conn* c = conn.get();
-    conns_.emplace(serial, std::move(conn));
     fe_->connections_open_.fetch_add(1, std::memory_order_relaxed);
     fe_->connections_accepted_.fetch_add(1, std::memory_order_relaxed);
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.u64 = reinterpret_cast<uint64_t>(c);
-    c->interest = EPOLLIN;
-    epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev);
-    MarkDirty(c);  // our SETTINGS go out at once
+    // Round robin over the threads: the kernel wakes whichever thread waits
+    // first (EPOLLEXCLUSIVE), which on a quiet server is nearly always the same
+    // one, and connections stay where they land.
+    const size_t n = fe_->threads_.size();
+    const size_t target = fe_->next_thread_.fetch_add(1, std::memory_order_relaxed) % n;
+    if (target == static_cast<size_t>(index_)) {
+      Adopt(fd, PeerName(addr));
+    } else {
+      fe_->threads_[target]->Post({Mail::Kind::kAdopt, 0, fd, PeerName(addr)});
+    }
   }
+}
+
+void GrpcFrontend::IoThread::Adopt(int fd, std::string peer) {
+  if (shutting_down_ || stop_) {
+    close(fd);
+    fe_->connections_open_.fetch_sub(1, std::memory_order_relaxed);
+    return;
+  }
+  uint64_t serial = next_serial_;
+  while (serial == 0 || conns_.count(serial) != 0) serial = (serial + 1) & kSerialMask;
+  next_serial_ = (serial + 1) & kSerialMask;
+  auto conn = std::make_unique<Conn>(this, fd, serial, std::move(peer), NowNs());
+  Conn* c = conn.get();
+  conns_.emplace(serial, std::move(conn));
+  open_connections.fetch_add(1, std::memory_order_relaxed);
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = reinterpret_cast<uint64_t>(c);
+  c->interest = EPOLLIN;
+  epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev);
+  MarkDirty(c);  // our SETTINGS go out at once
 }
 
 void GrpcFrontend::IoThread::RefuseConnection(int fd) {
@@ -660,6 +682,7 @@ void GrpcFrontend::IoThread::Close(Conn* c) {
   closed_errors_ += s.protocol_errors;
   c->DestroyH2();
   fe_->connections_open_.fetch_sub(1, std::memory_order_relaxed);
+  open_connections.fetch_sub(1, std::memory_order_relaxed);
   closing_.push_back(c);  // freed after this iteration: later events may still name it
 }
 
@@ -696,6 +719,9 @@ void GrpcFrontend::IoThread::OnMail() {
         MarkDirty(c);
         break;
       }
+      case Mail::Kind::kAdopt:
+        Adopt(m.code, std::move(m.data));
+        break;
       case Mail::Kind::kShutdown:
         ShutdownAll();
         break;
@@ -756,6 +782,13 @@ void GrpcFrontend::IoThread::Sweep(int64_t now) {
 }
 
 void GrpcFrontend::IoThread::ReleaseLeftovers() {
+  std::lock_guard<std::mutex> lock(mail_mu_);
+  for (Mail& m : mail_) {
+    if (m.kind != Mail::Kind::kAdopt) continue;
+    close(m.code);  // handed over after the thread stopped
+    fe_->connections_open_.fetch_sub(1, std::memory_order_relaxed);
+  }
+  mail_.clear();
   cq_.Drain(&answers_);
   for (Request* r : answers_) fe_->core_->Release(r);
   answers_.clear();
@@ -982,6 +1015,7 @@ FrontendStats GrpcFrontend::Stats() const {
     s.protocol_errors += t->protocol_errors.load(std::memory_order_relaxed);
     s.connection_memory_bytes += t->memory_bytes.load(std::memory_order_relaxed);
     s.wakeups += t->wakeups.load(std::memory_order_relaxed);
+    s.connections_per_thread.push_back(t->open_connections.load(std::memory_order_relaxed));
   }
   return s;
 }

@@ -531,6 +531,24 @@ void TestResetQueuedRequest() {
   CHECK_EQ(server.executor->Seen().size(), size_t{1});  // only the first request ran
 }
 
+void TestConnectionsSpreadOverThreads() {
+  FrontendOptions o;
+  o.io_threads = 2;
+  Server server(o);
+  std::vector<std::unique_ptr<H2Client>> clients;
+  for (int i = 0; i < 8; ++i) {  // one after another: each accept finds both threads idle
+    clients.push_back(std::make_unique<H2Client>(server.fe->port()));
+    const std::string request = InferRequest("m", static_cast<uint32_t>(i), 1);
+    clients.back()->Call(1, kInfer, &request);
+    CHECK(clients.back()->WaitEnded(1));
+    CHECK_EQ(clients.back()->streams_[1].grpc_status(), 0);
+  }
+  const FrontendStats st = server.fe->Stats();
+  CHECK_EQ(st.connections_per_thread.size(), size_t{2});
+  CHECK_EQ(st.connections_per_thread[0], uint64_t{4});
+  CHECK_EQ(st.connections_per_thread[1], uint64_t{4});
+}
+
 }  // namespace
 
 #define RUN(t)                       \
@@ -550,6 +568,7 @@ int main() {
   RUN(TestPortInUse);
   RUN(TestMaxConnections);
   RUN(TestResetQueuedRequest);
+  RUN(TestConnectionsSpreadOverThreads);
   std::printf("grpc_frontend_test: all passed\n");
   return 0;
 }

@@ -94,19 +94,55 @@ def build_parser() -> argparse.ArgumentParser:
         "model, for failover drills); never in production",
     )
     serve.add_argument(
+        "--frontend",
+        choices=("native", "grpcio"),
+        default="native",
+        help="the gRPC frontend: native (C++ HTTP/2; inference runs no Python per request) "
+        "or grpcio (grpc.aio, the fallback) (default %(default)s)",
+    )
+    native = serve.add_argument_group("native frontend limits (--frontend native)")
+    native.add_argument(
+        "--max-connections",
+        type=int,
+        metavar="N",
+        help="open client connections; more are refused at accept (default 10000)",
+    )
+    native.add_argument(
+        "--max-concurrent-streams",
+        type=int,
+        metavar="N",
+        help="calls open at once on one connection (HTTP/2 MAX_CONCURRENT_STREAMS; default 256)",
+    )
+    native.add_argument(
+        "--io-threads",
+        type=int,
+        metavar="N",
+        help="threads reading and writing sockets, 0 = one per CPU core (default 0)",
+    )
+    native.add_argument(
+        "--idle-timeout-s",
+        type=float,
+        metavar="S",
+        help="a connection with no open call for this long is closed (default 300)",
+    )
+    grpcio = serve.add_argument_group("grpcio frontend limits (--frontend grpcio only)")
+    grpcio.add_argument(
         "--max-concurrent-rpcs",
         type=int,
         metavar="N",
-        help="RPCs served at once; more are refused RESOURCE_EXHAUSTED (default: no limit)",
+        help="RPCs served at once; more are refused RESOURCE_EXHAUSTED (default: no limit). "
+        "grpcio only: the native frontend bounds calls per connection (--max-concurrent-"
+        "streams) and connections (--max-connections) instead",
     )
-    serve.add_argument(
+    grpcio.add_argument(
         "--max-pending-rpcs",
         type=int,
         metavar="N",
         help="calls that may wait in gRPC's core while the server is busy; more are refused "
         "RESOURCE_EXHAUSTED at once, before the server spends anything on them (default: "
         "gRPC's own limit). For latency SLOs under overload: about the requests the server "
-        "answers in half the SLO, e.g. 8 (bursts larger than that are refused too)",
+        "answers in half the SLO, e.g. 8 (bursts larger than that are refused too). grpcio "
+        "only: the native frontend sheds overload in the core at the door",
     )
 
     serve.add_argument(
@@ -114,9 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         metavar="N",
-        help="server processes sharing the ports (SO_REUSEPORT), each with its own "
-        "batcher and metrics (default 1)",
+        help="server processes serving the same ports, each with its own batcher and "
+        "metrics; the kernel spreads connections over them (default 1)",
     )
+    # Set by the --workers supervisor for its workers, not by hand.
+    serve.add_argument("--grpc-fd", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--http-fd", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
 
     fit = sub.add_parser(
         "fit",
@@ -195,7 +235,25 @@ _FLAG_OF = {
     "max_message_bytes": "--max-message-mb",
     "max_concurrent_rpcs": "--max-concurrent-rpcs",
     "max_pending_rpcs": "--max-pending-rpcs",
+    "max_connections": "--max-connections",
+    "max_concurrent_streams": "--max-concurrent-streams",
+    "io_threads": "--io-threads",
+    "idle_timeout_s": "--idle-timeout-s",
+    "frontend": "--frontend",
+    "grpc_fd": "--grpc-fd",
+    "http_fd": "--http-fd",
+    "reuse_port": "--reuse-port",
 }
+
+# Limits a --workers supervisor passes on to each worker as they were given.
+_WORKER_LIMITS = (
+    "max_concurrent_rpcs",
+    "max_pending_rpcs",
+    "max_connections",
+    "max_concurrent_streams",
+    "io_threads",
+    "idle_timeout_s",
+)
 
 
 def _check_onnxruntime() -> None:
@@ -237,7 +295,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     early_signals = _catch_signals_early()
     from pydantic import ValidationError
 
-    from .server.settings import MIB, ServerSettings
+    from .server.settings import GRPCIO_ONLY, MIB, NATIVE_ONLY, ServerSettings
 
     if args.demo and args.repo:
         raise UsageError("give either REPO or --demo, not both")
@@ -254,6 +312,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--max-message-mb must be > 0 and < 2048 (MiB); got {args.max_message_mb}"
         )
+    for frontend, fields in (("grpcio", GRPCIO_ONLY), ("native", NATIVE_ONLY)):
+        given = [_FLAG_OF[f] for f in fields if getattr(args, f) not in (None, False)]
+        if given and args.frontend != frontend:
+            hint = (
+                " (the native frontend bounds --max-concurrent-streams per connection and "
+                "--max-connections instead)"
+                if frontend == "grpcio"
+                else ""
+            )
+            raise UsageError(
+                f"{', '.join(given)} only apply to --frontend {frontend}; this server runs "
+                f"--frontend {args.frontend}{hint}"
+            )
+    if (args.grpc_fd is None) != (args.http_fd is None):
+        raise UsageError("--grpc-fd and --http-fd go together (set by --workers)")
     try:
         settings = ServerSettings(
             host=args.host,
@@ -265,10 +338,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             allow_fault_injection=args.allow_fault_injection,
             max_concurrent_rpcs=args.max_concurrent_rpcs,
             max_pending_rpcs=args.max_pending_rpcs,
+            frontend=args.frontend,
+            max_connections=args.max_connections,
+            max_concurrent_streams=args.max_concurrent_streams,
+            io_threads=args.io_threads,
+            idle_timeout_s=args.idle_timeout_s,
+            grpc_fd=args.grpc_fd,
+            http_fd=args.http_fd,
+            reuse_port=args.reuse_port,
         )
     except ValidationError as exc:
         problems = "; ".join(
-            f"{_FLAG_OF.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']}" for e in exc.errors()
+            f"{_FLAG_OF.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']}" if e["loc"] else e["msg"]
+            for e in exc.errors()
         )
         raise UsageError(f"invalid option: {problems}") from None
     repo = None if args.demo else _repository_path(args.repo)
@@ -304,7 +386,7 @@ def _serve_workers(args: argparse.Namespace, repo: Path, settings) -> int:
     """--workers N: N plain `serve` processes on the same ports (see server/workers.py)."""
     from .server.workers import run_workers
 
-    def worker_argv(grpc_port: int, http_port: int) -> list[str]:
+    def worker_argv(grpc_port: int, http_port: int, fds: tuple[int, int] | None) -> list[str]:
         argv = [
             sys.executable,
             "-m",
@@ -323,17 +405,28 @@ def _serve_workers(args: argparse.Namespace, repo: Path, settings) -> int:
             str(settings.grace_s),
             "--max-message-mb",
             str(args.max_message_mb),
+            "--frontend",
+            settings.frontend,
         ]
+        if fds is not None:  # native: serve the supervisor's listening sockets
+            argv += ["--grpc-fd", str(fds[0]), "--http-fd", str(fds[1])]
+        else:  # grpcio: each worker binds the ports with SO_REUSEPORT
+            argv.append("--reuse-port")
         if settings.allow_fault_injection:
             argv.append("--allow-fault-injection")
-        if settings.max_concurrent_rpcs is not None:
-            argv += ["--max-concurrent-rpcs", str(settings.max_concurrent_rpcs)]
-        if settings.max_pending_rpcs is not None:
-            argv += ["--max-pending-rpcs", str(settings.max_pending_rpcs)]
+        for field in _WORKER_LIMITS:
+            value = getattr(settings, field)
+            if value is not None:
+                argv += [_FLAG_OF[field], str(value)]
         return argv
 
     return run_workers(
-        args.workers, worker_argv, settings.host, settings.grpc_port, settings.http_port
+        args.workers,
+        worker_argv,
+        settings.host,
+        settings.grpc_port,
+        settings.http_port,
+        hand_sockets=settings.frontend == "native",
     )
 
 

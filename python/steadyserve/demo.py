@@ -44,7 +44,7 @@ batching:
 instances: 1
 onnxruntime:
   device: cpu
-  intra_op_threads: 1     # one thread per run; scale with instances or server processes instead
+  intra_op_threads: auto  # one thread, unless the warm-up shows more make one row faster
   inter_op_threads: 1
   allow_spinning: false   # a spinning thread pool burns a core even when idle
   graph_optimization: all

@@ -304,15 +304,20 @@ class ServableModel:
 
     # ----------------------------------------------------------------- lifecycle
 
-    def start(self, warmup: bool = True, allow_inline: bool = True) -> None:
+    def start(
+        self, warmup: bool = True, allow_inline: bool = True, threads_only: bool = False
+    ) -> None:
         """Warm up (seeding the latency model), start the executor, become ready.
 
         ``allow_inline`` False keeps ``execution: auto`` on threads (the runtime does
         this when faults may be injected: a hang must not block the event loop).
+        ``threads_only`` runs even ``execution: inline`` on an executor thread (its
+        one instance): with the native frontend no Python runs per request, so
+        nothing would run an inline model's batches.
         """
         if warmup:
             self._warmup()
-        self.executor.start(self._choose_inline(allow_inline))
+        self.executor.start(not threads_only and self._choose_inline(allow_inline))
         self.core_model.ready = True
 
     def _choose_inline(self, allow_inline: bool) -> bool:

@@ -60,10 +60,16 @@ class Runtime:
         metrics: Metrics | None = None,
         warmup: bool = True,
         allow_fault_injection: bool = False,
+        allow_inline: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ):
         """``clock`` (seconds, monotonic) drives the circuit breakers' windows and
-        cool-downs; tests pass a clock they advance instead of sleeping."""
+        cool-downs; tests pass a clock they advance instead of sleeping.
+
+        ``allow_inline`` False runs every model on executor threads, ``execution:
+        inline`` ones on their one instance's thread: for callers that run no Python
+        per request (the native gRPC frontend), which therefore cannot drive inline
+        execution."""
         self.repository = Path(repository)
         self.metrics = metrics if metrics is not None else Metrics()
         DriftCollector.register(self)  # drift gauges, read from the models at scrape time
@@ -74,6 +80,7 @@ class Runtime:
         self._index: dict[tuple[str, str], ModelIndexEntry] = {}
         self._closed = False
         self.allow_fault_injection = allow_fault_injection
+        self.allow_inline = allow_inline
         sources = scan_repository(self.repository)
         wanted = None if models is None else list(models)
         if wanted is not None:
@@ -104,6 +111,12 @@ class Runtime:
             self.core.set_unavailable(source.name, reason)
             self._index[(source.name, "")] = ModelIndexEntry(source.name, "", "UNAVAILABLE", reason)
             return
+        if not self.allow_inline and source.config.execution == "inline":
+            log.info(
+                "execution: inline runs on one executor thread here: no Python runs per "
+                "request to drive it (allow_inline=False, as with the native gRPC frontend)",
+                extra={"model": source.name},
+            )
         for number in source.selected_versions():
             version = str(number)
             path = source.versions[number]
@@ -123,8 +136,9 @@ class Runtime:
                     model.start(
                         warmup=warmup and source.config.onnxruntime.warmup,
                         allow_inline=not self.allow_fault_injection,
+                        threads_only=not self.allow_inline,
                     )
-                    if model.config.execution != "threads":
+                    if self.allow_inline and model.config.execution != "threads":
                         self.dispatcher.inline.append(model.executor)
                     self.core.add_model(model.core_model)
                     self.metrics.model_ready.labels(source.name, version).set(1)

@@ -12,10 +12,10 @@
 //    (PollBridge, woken through bridge_fd()), and Python answers with
 //    BridgeSend / BridgeFinish, which the owning I/O thread applies.
 //
-// Threads: Start() spawns io_threads named "ss-io-N"; Stop() joins them. Every
-// connection lives on the thread that accepted it. The listening socket is in
-// every thread's epoll set with EPOLLEXCLUSIVE, so one thread takes each new
-// connection.
+// Threads: Start() spawns io_threads named "ss-io-N"; Stop() joins them. The
+// listening socket is in every thread's epoll set with EPOLLEXCLUSIVE, so one
+// thread takes each new connection; it hands connections round robin to the
+// threads, and each lives on its thread from then on.
 #pragma once
 
 #include <atomic>
@@ -78,6 +78,7 @@ struct FrontendStats {
   uint64_t protocol_errors = 0;
   uint64_t connection_memory_bytes = 0;  // what the open connections hold now
   uint64_t wakeups = 0;                  // epoll_wait returns with events, all threads
+  std::vector<uint64_t> connections_per_thread;  // open now, per I/O thread
 };
 
 class GrpcFrontend {
@@ -152,6 +153,7 @@ class GrpcFrontend {
   std::atomic<uint64_t> connections_refused_{0};
   std::atomic<uint64_t> native_requests_{0};
   std::atomic<uint64_t> bridged_calls_{0};
+  std::atomic<size_t> next_thread_{0};  // round robin of new connections
 };
 
 }  // namespace steadyserve

@@ -1,12 +1,23 @@
 """The network server: gRPC (V2 inference, health, reflection) and an HTTP side port.
 
-Both run on one asyncio loop over one ``Runtime``. Start-up prints exactly one
-line, ``steadyserve ready grpc=HOST:PORT http=HOST:PORT``, once both ports are
-bound (tests and scripts read the ports from it), then a short how-to.
+Both run on one asyncio loop over one ``Runtime``. The gRPC side is one of two
+frontends (``ServerSettings.frontend``):
 
-Shutdown (SIGTERM or SIGINT): health turns NOT_SERVING, the gRPC server stops
-accepting and gives in-flight RPCs ``grace_s`` to finish, the runtime drains and
-closes, the HTTP port closes last (probes see 503 while draining), exit 0.
+- ``native`` (the default): ``_core.GrpcFrontend``, C++ HTTP/2 on its own I/O
+  threads. ModelInfer and ModelStreamInfer go socket to socket through the core
+  with no Python per request; the other methods are bridged to the same grpc.aio
+  handlers on this loop (``bridge.py``).
+- ``grpcio``: a ``grpc.aio`` server running those handlers, the fallback and the
+  reference the native frontend is compared against.
+
+Start-up prints exactly one line, ``steadyserve ready grpc=HOST:PORT
+http=HOST:PORT``, once both ports are bound (tests and scripts read the ports from
+it), then a short how-to. A port in use is an error naming it (``ports.py``).
+
+Shutdown (SIGTERM or SIGINT): health turns NOT_SERVING, the gRPC side stops
+accepting (native: GOAWAY to every connection) and gives in-flight RPCs ``grace_s``
+to finish, the runtime drains and closes, the HTTP port closes last (probes see 503
+while draining), exit 0.
 """
 
 from __future__ import annotations
@@ -15,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
 import time
 from os import PathLike
@@ -27,7 +39,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..datatypes import numpy_dtype
 from ..errors import NotFoundError, SteadyServeError, UnavailableError
-from .grpc_service import SERVICE_NAME, InferenceServicer, add_inference_service, server_version
+from ..monitoring.metrics import FrontendCollector
+from .grpc_service import (
+    RESPONSE_ALLOWANCE_NS,
+    SERVICE_NAME,
+    InferenceServicer,
+    add_inference_service,
+    server_version,
+)
+from .ports import StartupError, check_free, hostport, listen_socket
 from .settings import ServerSettings
 
 log = logging.getLogger("steadyserve.server")
@@ -36,12 +56,7 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 LAG_PROBE_S = 0.05  # how often the event loop's lag is sampled
 
-
-class StartupError(SteadyServeError):
-    """The server could not start (a port could not be bound, ...)."""
-
-    grpc_code = "UNAVAILABLE"
-
+__all__ = ["Server", "StartupError", "run", "serve"]  # StartupError lives in ports.py
 
 # Error code (errors.*.grpc_code) -> HTTP status on the side port.
 _HTTP_STATUS = {
@@ -52,17 +67,13 @@ _HTTP_STATUS = {
 }
 
 
-def _hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _client_host(host: str) -> str:
     """Where a client on this machine should connect for a server bound to ``host``."""
     return "localhost" if host in ("0.0.0.0", "::", "") else host
 
 
 class Server:
-    """One gRPC server and one HTTP site over ``runtime``, sharing the running loop."""
+    """One gRPC frontend and one HTTP site over ``runtime``, sharing the running loop."""
 
     def __init__(self, runtime, settings: ServerSettings):
         self.runtime = runtime
@@ -72,6 +83,8 @@ class Server:
         self._servicer = InferenceServicer(runtime)
         self._health = health.aio.HealthServicer()
         self._grpc: grpc.aio.Server | None = None
+        self._native = None  # _core.GrpcFrontend
+        self._bridge = None  # bridge.GrpcBridge
         self._http: web.AppRunner | None = None
         self._health_task: asyncio.Task | None = None
         self._lag_task: asyncio.Task | None = None
@@ -80,6 +93,60 @@ class Server:
     # -- start ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        s = self.settings
+        await self._refresh_health()
+        if s.frontend == "native":
+            self._start_native()
+        else:
+            await self._start_grpcio()
+        await self._start_http()
+        self._health_task = asyncio.create_task(self._health_loop(), name="health-refresh")
+        self._lag_task = asyncio.create_task(self._lag_loop(), name="loop-lag")
+        log.info(
+            "server started",
+            extra={
+                "frontend": s.frontend,
+                "grpc": hostport(s.host, self.grpc_port),
+                "http": hostport(s.host, self.http_port),
+                "models": self.runtime.model_names(),
+                "version": server_version(),
+            },
+        )
+
+    def _register(self, server) -> None:
+        """The handlers both frontends serve (the native one bridges them), on ``server``."""
+        add_inference_service(self._servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+
+    def _start_native(self) -> None:
+        from .. import _core
+        from .bridge import GrpcBridge
+        from .handlers import HandlerRecorder
+
+        handlers = HandlerRecorder()
+        self._register(handlers)
+        s = self.settings
+        if s.grpc_fd is None:
+            check_free(s.host, s.grpc_port, "gRPC")  # the same words as with grpcio
+        try:
+            frontend = _core.GrpcFrontend(
+                self.runtime.core,
+                **s.native_options(),
+                response_allowance_s=RESPONSE_ALLOWANCE_NS / 1e9,
+            )
+        except UnavailableError as exc:  # taken since the check: the native side's words
+            raise StartupError(f"cannot bind the gRPC port: {exc}") from None
+        self._native = frontend
+        FrontendCollector.register(self.runtime.metrics.registry, frontend.stats)
+        frontend.start()
+        self._bridge = GrpcBridge(frontend, handlers)
+        self._bridge.start()
+        self.grpc_port = frontend.port
+
+    async def _start_grpcio(self) -> None:
         s = self.settings
         options = [
             ("grpc.max_receive_message_length", s.max_message_bytes),
@@ -94,23 +161,24 @@ class Server:
                 ("grpc.server.max_pending_requests", max(0, s.max_pending_rpcs // 2)),
                 ("grpc.server.max_pending_requests_hard_limit", s.max_pending_rpcs),
             ]
+        if not s.reuse_port:
+            # grpc's own bind error does not say why; this one names the port and the
+            # reason. (With reuse_port the --workers supervisor checked it.)
+            check_free(s.host, s.grpc_port, "gRPC")
         server = grpc.aio.server(options=options, maximum_concurrent_rpcs=s.max_concurrent_rpcs)
-        add_inference_service(self._servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
-        address = _hostport(s.host, s.grpc_port)
+        self._register(server)
+        address = hostport(s.host, s.grpc_port)
         try:
             port = server.add_insecure_port(address)
         except RuntimeError as exc:
             raise StartupError(f"cannot bind the gRPC port {address}: {exc}") from None
         if not port:
             raise StartupError(f"cannot bind the gRPC port {address} (in use, or bad host?)")
-        await self._refresh_health()
         await server.start()
         self._grpc, self.grpc_port = server, port
 
+    async def _start_http(self) -> None:
+        s = self.settings
         app = web.Application()
         app.router.add_get("/v2/health/live", self._http_live)
         app.router.add_get("/v2/health/ready", self._http_ready)
@@ -124,27 +192,26 @@ class Server:
         app.router.add_post("/v2/models/{name}/versions/{version}/fault", self._http_fault)
         runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, s.host, s.http_port, reuse_port=s.reuse_port or None)
+        if s.http_fd is not None:  # the --workers supervisor's listening socket
+            site = web.SockSite(runner, socket.socket(fileno=s.http_fd))
+        elif s.reuse_port:  # grpcio workers: each binds the port itself
+            site = web.TCPSite(runner, s.host, s.http_port, reuse_port=True)
+        else:
+            try:
+                sock = listen_socket(s.host, s.http_port, "HTTP")
+            except StartupError:
+                await runner.cleanup()
+                raise
+            site = web.SockSite(runner, sock)
         try:
             await site.start()
         except OSError as exc:
             await runner.cleanup()
             raise StartupError(
-                f"cannot bind the HTTP port {_hostport(s.host, s.http_port)}: {exc}"
+                f"cannot bind the HTTP port {hostport(s.host, s.http_port)}: {exc.strerror or exc}"
             ) from None
         self._http = runner
         self.http_port = int(runner.addresses[0][1])
-        self._health_task = asyncio.create_task(self._health_loop(), name="health-refresh")
-        self._lag_task = asyncio.create_task(self._lag_loop(), name="loop-lag")
-        log.info(
-            "server started",
-            extra={
-                "grpc": _hostport(s.host, self.grpc_port),
-                "http": _hostport(s.host, self.http_port),
-                "models": self.runtime.model_names(),
-                "version": server_version(),
-            },
-        )
 
     # -- health --------------------------------------------------------------------------
 
@@ -281,7 +348,23 @@ class Server:
         if self._grpc is not None:
             # Stops accepting at once; in-flight RPCs get up to grace_s to finish.
             await self._grpc.stop(self.settings.grace_s)
+        if self._native is not None:
+            # GOAWAY to every connection and no more accepting; open calls go on, native
+            # ones on the I/O threads and bridged ones on this loop, which keeps running
+            # while a thread waits for them (up to grace_s).
+            self._native.shutdown()
+            if not await asyncio.to_thread(self._native.wait_idle, self.settings.grace_s):
+                log.warning(
+                    "calls still open after the grace period; ending them",
+                    extra={"grace_s": self.settings.grace_s, "stats": self._native.stats()},
+                )
+        if self._bridge is not None:
+            await self._bridge.close()  # what is left (health watchers) gets UNAVAILABLE
         await asyncio.to_thread(self.runtime.close)  # drains what the runtime accepted
+        if self._native is not None:
+            stats = self._native.stats()
+            await asyncio.to_thread(self._native.stop)
+            log.info("native frontend stopped", extra={"stats": stats})
         if self._http is not None:
             await self._http.cleanup()
         log.info("shutdown complete", extra={"seconds": round(time.monotonic() - t0, 3)})
@@ -291,14 +374,14 @@ class Server:
     def ready_line(self) -> str:
         h = self.settings.host
         return (
-            f"steadyserve ready grpc={_hostport(h, self.grpc_port)} "
-            f"http={_hostport(h, self.http_port)}"
+            f"steadyserve ready grpc={hostport(h, self.grpc_port)} "
+            f"http={hostport(h, self.http_port)}"
         )
 
     def banner(self) -> str:
         host = _client_host(self.settings.host)
-        grpc_url = _hostport(host, self.grpc_port)
-        http_url = f"http://{_hostport(host, self.http_port)}"
+        grpc_url = hostport(host, self.grpc_port)
+        http_url = f"http://{hostport(host, self.http_port)}"
         index = self.runtime.model_index()
         lines = [""]
         listing = ", ".join(f"{e.name} v{e.version} {e.state}" for e in index) or "(none)"
@@ -386,7 +469,13 @@ async def serve(
         on_signal(early_signals[0])
 
     # Built on the loop's thread: the runtime may bind to the running loop.
-    runtime = Runtime(repository, allow_fault_injection=settings.allow_fault_injection)
+    # The native frontend runs no Python per request, so nothing would drive inline
+    # execution: every model runs on executor threads.
+    runtime = Runtime(
+        repository,
+        allow_fault_injection=settings.allow_fault_injection,
+        allow_inline=settings.frontend != "native",
+    )
     if settings.allow_fault_injection:
         log.warning(
             "fault injection is allowed: POST /v2/models/{name}/fault (steadyserve fault) "

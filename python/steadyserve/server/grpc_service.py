@@ -11,6 +11,7 @@ a malformed message is answered INVALID_ARGUMENT (gRPC itself would say INTERNAL
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -22,7 +23,7 @@ from google.protobuf import message_factory
 
 from .._proto import grpc_predict_v2_pb2 as pb
 from ..errors import InvalidArgumentError, NotFoundError, SteadyServeError, UnavailableError
-from .status import abort_with
+from .status import abort_with, status_of
 
 log = logging.getLogger("steadyserve.server")
 
@@ -334,9 +335,113 @@ def _model_infer_handler(servicer: InferenceServicer) -> grpc.RpcMethodHandler:
     )
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _stream_answer(field_tag: int, payload: bytes) -> bytes:
+    """A ModelStreamInferResponse holding one field (1: error_message, 2: infer_response),
+    written on the wire directly: the core's answer is already a serialized
+    ModelInferResponse, and parsing it only to nest it would cost a copy per request.
+    (Triton's message; our protos/ does not define the streaming method yet.)"""
+    return bytes((field_tag << 3 | 2,)) + _varint(len(payload)) + payload
+
+
+def _model_stream_infer_handler(servicer: InferenceServicer) -> grpc.RpcMethodHandler:
+    """ModelStreamInfer, Triton's semantics: each request message is submitted to the
+    core like a ModelInfer, and each answer is sent as it completes (completion order,
+    not request order): ``infer_response`` on success, ``error_message`` on failure —
+    one request's error does not end the stream. The stream ends OK once the client
+    half-closed and every answer is out. The stream's deadline bounds every request."""
+    runtime = servicer._runtime
+    core = runtime.core
+    dispatcher = runtime.dispatcher
+
+    def failure_answer(failure: BaseException, model_name: str = "") -> bytes:
+        if isinstance(failure, NotFoundError) and model_name:
+            try:  # the name rule's own message for a malformed name
+                runtime.require_known(model_name)
+            except SteadyServeError as error:
+                failure = error
+        _, message = status_of(failure, method="ModelStreamInfer")
+        return _stream_answer(1, message.encode())
+
+    async def handler(request_iterator, context):
+        remaining = context.time_remaining()
+        deadline = 0
+        if remaining is not None:
+            deadline = time.monotonic_ns() + max(0, int(remaining * 1e9) - RESPONSE_ALLOWANCE_NS)
+        loop = asyncio.get_running_loop()
+        completions = dispatcher.completions(loop)
+        answers: asyncio.Queue = asyncio.Queue()  # bytes, or _END / an exception from reading
+        pending: dict[int, int] = {}  # tag -> the core's handle, while the core holds it
+
+        def answered(tag: int, future: asyncio.Future) -> None:
+            if pending.pop(tag, None) is None or future.cancelled():
+                return
+            error = future.exception()
+            answers.put_nowait(
+                failure_answer(error) if error is not None else _stream_answer(2, future.result())
+            )
+
+        async def read() -> None:
+            try:
+                async for data in request_iterator:
+                    tag = next(completions.tags)
+                    submitted = core.submit_wire(data, deadline, completions.queue, tag)
+                    if type(submitted) is int:
+                        future = loop.create_future()
+                        completions.futures[tag] = future
+                        pending[tag] = submitted
+                        future.add_done_callback(functools.partial(answered, tag))
+                        dispatcher.schedule_inline(loop, completions)
+                    else:  # answered at once (refused, or a cached answer)
+                        value, failed, model_name = submitted
+                        answers.put_nowait(
+                            failure_answer(value, model_name)
+                            if failed
+                            else _stream_answer(2, value)
+                        )
+            except Exception as exc:  # the client's side broke: end the stream with it
+                answers.put_nowait(exc)
+            else:
+                answers.put_nowait(_END)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            reading = True
+            while reading or pending:
+                item = await answers.get()
+                if item is _END:
+                    reading = False
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+        finally:
+            reader.cancel()
+            for tag, handle in pending.items():  # cancelled or failed: the core lets go
+                completions.futures.pop(tag, None)
+                core.cancel(handle)
+            pending.clear()
+
+    return grpc.stream_stream_rpc_method_handler(
+        handler, request_deserializer=None, response_serializer=None
+    )
+
+
+_END = object()  # ModelStreamInfer: the client half-closed
+
+
 def add_inference_service(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
     """Register ``servicer`` as ``inference.GRPCInferenceService`` on ``server``."""
-    handlers = {}
+    # Not in protos/ (so not listed by reflection), but Triton clients call it.
+    handlers = {"ModelStreamInfer": _model_stream_infer_handler(servicer)}
     for method in _SERVICE.methods:
         impl = getattr(servicer, method.name, None)
         if method.name == "ModelInfer":

@@ -4,15 +4,33 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MIB = 1024 * 1024
+
+# Fields that only one frontend uses: set for the other one, they are refused (a limit
+# that silently does nothing is worse than an error).
+GRPCIO_ONLY = ("max_concurrent_rpcs", "max_pending_rpcs", "reuse_port")
+NATIVE_ONLY = (
+    "max_connections",
+    "max_concurrent_streams",
+    "io_threads",
+    "idle_timeout_s",
+    "grpc_fd",
+    "http_fd",
+)
 
 
 class ServerSettings(BaseModel):
     """What ``steadyserve serve`` binds and how it behaves; the CLI fills it from flags."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    frontend: Literal["native", "grpcio"] = Field(
+        default="native",
+        description="native: the C++ HTTP/2 frontend (ModelInfer and ModelStreamInfer never "
+        "run Python); grpcio: grpc.aio, the fallback",
+    )
 
     host: str = Field(default="0.0.0.0", min_length=1)
     grpc_port: int = Field(default=8001, ge=0, le=65535, description="0 picks a free port")
@@ -27,7 +45,11 @@ class ServerSettings(BaseModel):
         default=10.0, ge=0.0, le=3600.0, description="how long in-flight RPCs may finish"
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    reuse_port: bool = Field(default=True, description="SO_REUSEPORT, for several processes")
+    reuse_port: bool = Field(
+        default=False,
+        description="SO_REUSEPORT (grpcio workers only): a port in use by another process is "
+        "otherwise an error, never a silent share",
+    )
     health_poll_s: float = Field(
         default=1.0, gt=0.0, le=60.0, description="how often model readiness is re-read"
     )
@@ -53,3 +75,44 @@ class ServerSettings(BaseModel):
         default=False,
         description="accept POST /v2/models/{name}/fault (drills and tests); off in production",
     )
+    # -- the native frontend's limits (None: the frontend's own default) ------------------
+    max_connections: int | None = Field(
+        default=None, ge=1, le=1_000_000, description="open connections; more are refused"
+    )
+    max_concurrent_streams: int | None = Field(
+        default=None,
+        ge=1,
+        le=2**31 - 1,
+        description="calls open at once per connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS)",
+    )
+    io_threads: int | None = Field(
+        default=None, ge=0, le=1024, description="I/O threads; 0 = one per CPU core"
+    )
+    idle_timeout_s: float | None = Field(
+        default=None, gt=0.0, le=86400.0, description="a connection with no call this long closes"
+    )
+    # Listening sockets inherited from the --workers supervisor (native frontend): served
+    # as they are instead of binding host:port.
+    grpc_fd: int | None = Field(default=None, ge=0)
+    http_fd: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _one_frontend(self) -> ServerSettings:
+        other = NATIVE_ONLY if self.frontend == "grpcio" else GRPCIO_ONLY
+        given = [name for name in other if getattr(self, name) not in (None, False)]
+        if given:
+            raise ValueError(f"{', '.join(given)} do(es) not apply to the {self.frontend} frontend")
+        return self
+
+    def native_options(self) -> dict:
+        """Keyword arguments of ``_core.GrpcFrontend`` that these settings fix."""
+        options = {
+            "host": self.host,
+            "port": self.grpc_port,
+            "listen_fd": -1 if self.grpc_fd is None else self.grpc_fd,
+            "max_message_bytes": self.max_message_bytes,
+        }
+        for name in ("max_connections", "max_concurrent_streams", "io_threads", "idle_timeout_s"):
+            if getattr(self, name) is not None:
+                options[name] = getattr(self, name)
+        return options

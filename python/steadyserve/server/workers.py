@@ -1,12 +1,25 @@
 """Several server processes on one port: the way past one Python thread's GIL.
 
 ``steadyserve serve --workers N`` starts N ordinary server processes on the same
-gRPC and HTTP ports (SO_REUSEPORT: the kernel spreads new connections across
-them) and supervises them: one ready line once every worker is up, SIGTERM /
-SIGINT forwarded to each (each drains its in-flight requests), exit 0 when all
-exited 0. Port 0 is resolved here, once, by binding a placeholder socket with
-SO_REUSEPORT (bound, never listening: it takes no connections) that keeps the
-port reserved until the workers hold it.
+gRPC and HTTP ports and supervises them: one ready line once every worker is up,
+SIGTERM / SIGINT forwarded to each (each drains its in-flight requests), exit 0
+when all exited 0. How the ports are shared depends on the frontend:
+
+- native: this supervisor makes the listening sockets itself and hands each worker
+  its own pair (``--grpc-fd`` / ``--http-fd``): per port, one SO_REUSEPORT group of
+  N sockets that only this supervisor made, since the port is first checked free
+  with a bind without SO_REUSEPORT (``ports.listen_group``). One socket per worker
+  rather than one socket shared by all: on a shared socket the kernel hands each new
+  connection to the first worker waiting in accept, so an idle server put every
+  connection on one worker (measured: 24 connections, 24 on one worker; at once, 20
+  of 24), while a group spreads them by hash (11 / 13). Once every worker is up the
+  supervisor closes its copies.
+- grpcio: grpc.aio cannot serve a socket it is handed, so each worker binds the
+  ports with SO_REUSEPORT and the kernel spreads new connections across them. The
+  supervisor first checks that the ports are free (bound without SO_REUSEPORT: a
+  stranger listening there is an error, not company), and resolves port 0 once with
+  a bound, never listening, SO_REUSEPORT placeholder that keeps the port until the
+  workers hold it.
 
 Each worker has its own batcher, statistics and metrics: a Prometheus scrape
 reaches one worker at random, so scrape each worker's own port or sum in the
@@ -24,16 +37,16 @@ import sys
 import threading
 import time
 
+from .ports import check_free, hostport, listen_group, reuseport_socket
+
 READY_PREFIX = "steadyserve ready "
 
 
-def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
-    """A bound (not listening) SO_REUSEPORT socket on host:port; port 0 picks one."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    return sock, sock.getsockname()[1]
+def reserve_port(host: str, port: int, what: str) -> socket.socket:
+    """A bound (never listening: it takes no connections) SO_REUSEPORT socket on
+    host:port, once the port is checked free; port 0 picks one."""
+    check_free(host, port, what)
+    return reuseport_socket(host, port, what)
 
 
 def run_workers(
@@ -42,12 +55,32 @@ def run_workers(
     host: str,
     grpc_port: int,
     http_port: int,
+    *,
+    hand_sockets: bool,
     ready_timeout_s: float = 300.0,
 ) -> int:
-    """Start ``count`` workers (``worker_argv(grpc_port, http_port)`` gives each one's
-    command line), print one ready line, forward stop signals, return the exit code."""
-    grpc_sock, grpc_port = reserve_port(host, grpc_port)
-    http_sock, http_port = reserve_port(host, http_port)
+    """Start ``count`` workers, print one ready line, forward stop signals, return the
+    exit code. ``worker_argv(grpc_port, http_port, fds)`` gives each one's command
+    line; ``fds`` is the worker's (gRPC, HTTP) listening sockets with ``hand_sockets``
+    (native), else None (each worker binds with SO_REUSEPORT itself)."""
+    held: list[socket.socket] = []  # the supervisor's sockets, closed once workers hold them
+    try:
+        if hand_sockets:
+            grpc_group = listen_group(host, grpc_port, count, "gRPC")
+            held += grpc_group
+            http_group = listen_group(host, http_port, count, "HTTP")
+            held += http_group
+            pairs = [(g.fileno(), h.fileno()) for g, h in zip(grpc_group, http_group, strict=True)]
+            grpc_port, http_port = grpc_group[0].getsockname()[1], http_group[0].getsockname()[1]
+        else:
+            for port, what in ((grpc_port, "gRPC"), (http_port, "HTTP")):
+                held.append(reserve_port(host, port, what))
+            grpc_port, http_port = (sock.getsockname()[1] for sock in held)
+            pairs = [None] * count
+    except BaseException:
+        for sock in held:
+            sock.close()
+        raise
     stop = threading.Event()
     procs: list[subprocess.Popen] = []
 
@@ -76,10 +109,12 @@ def run_workers(
 
     try:
         for index in range(count):
+            fds = pairs[index]
             proc = subprocess.Popen(
-                worker_argv(grpc_port, http_port),
+                worker_argv(grpc_port, http_port, fds),
                 stdout=subprocess.PIPE,
                 text=True,
+                pass_fds=fds or (),
                 preexec_fn=_die_with_parent,
             )
             procs.append(proc)
@@ -99,11 +134,15 @@ def run_workers(
                     _wait_all(procs)
                     return 1
     finally:
-        grpc_sock.close()
-        http_sock.close()
+        for sock in held:
+            sock.close()
     # The same ready line as one server prints (clients and tests parse it exactly).
-    print(f"{READY_PREFIX}grpc={host}:{grpc_port} http={host}:{http_port}", flush=True)
-    print(f"\n  workers: {count} processes on these ports (SO_REUSEPORT)", flush=True)
+    print(
+        f"{READY_PREFIX}grpc={hostport(host, grpc_port)} http={hostport(host, http_port)}",
+        flush=True,
+    )
+    how = "listening sockets of the supervisor" if hand_sockets else "SO_REUSEPORT"
+    print(f"\n  workers: {count} processes on these ports ({how})", flush=True)
     time.sleep(0.1)  # let the first worker's banner arrive
     sys.stdout.write("".join(banner))
     sys.stdout.flush()
