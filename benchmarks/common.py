@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -101,6 +103,207 @@ def thread_ctx_switches(pid: int) -> dict[int, int]:
             int(line.split()[1]) for line in text.splitlines() if "ctxt_switches" in line
         )
     return out
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of process `pid` now (VmRSS of /proc/PID/status), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS in /proc/{pid}/status")
+
+
+def thread_names(pid: int) -> dict[int, str]:
+    """{native thread id: name} of every thread of `pid`: the kernel's name (``comm``:
+    ``ss-io-0``, ``ss-reaper``, gRPC's threads) and, where ``py-spy`` is installed and may
+    attach, the Python thread name instead (``MainThread``, ``steadyserve-exec-...``:
+    Python < 3.14 does not pass its thread names to the kernel)."""
+    names = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            names[int(task.name)] = (task / "comm").read_text().strip()
+        except OSError:
+            continue
+    if shutil.which("py-spy"):
+        out = subprocess.run(
+            ["py-spy", "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30
+        )
+        for m in re.finditer(
+            r'^Thread (0x[0-9a-fA-F]+|\d+) \((?:idle|active)[^)]*\): "([^"]*)"', out.stdout, re.M
+        ):
+            tid = m.group(1)
+            names[int(tid, 16) if tid.startswith("0x") else int(tid)] = m.group(2)
+    return names
+
+
+# Where a server's CPU goes, by thread: the I/O threads (the native frontend's ss-io-N, or
+# with --frontend grpcio gRPC core's own: poller, event engine, timers), the Python thread
+# that runs each batch (ONNX Runtime's call included), the main thread (the asyncio loop:
+# grpc.aio's handlers with grpcio, bridged RPCs and /metrics with native), and the rest
+# (ONNX Runtime's intra-op pool, the reaper, router and watchdog threads).
+THREAD_GROUPS = ("io", "executor", "main", "other")
+
+
+# gRPC core's own threads (grpcio): its poller (a Python thread), event engine, timers.
+_GRPC_IO_THREADS = re.compile(r"event_engine|grpc_global_tim|lifeguard|.*_poll_wrapper")
+
+
+def thread_group(tid: int, pid: int, name: str) -> str:
+    if name.startswith("ss-io") or _GRPC_IO_THREADS.match(name):
+        return "io"
+    if name.startswith("steadyserve-exec"):
+        return "executor"
+    if tid == pid or name == "MainThread":
+        return "main"
+    return "other"
+
+
+def cpu_split(
+    pid: int,
+    before: dict[int, float],
+    after: dict[int, float],
+    names: dict[int, str],
+    requests: float,
+) -> dict:
+    """CPU µs per request by THREAD_GROUPS (and by thread name) between two
+    ``thread_cpu_seconds`` samples; threads born in between count from zero."""
+    groups = dict.fromkeys(THREAD_GROUPS, 0.0)
+    by_name: dict[str, float] = {}
+    for tid, t1 in after.items():
+        used = t1 - before.get(tid, 0.0)
+        if used <= 0:
+            continue
+        name = names.get(tid, "?")
+        groups[thread_group(tid, pid, name)] += used
+        key = re.sub(r"\d+$", "N", name)
+        by_name[key] = by_name.get(key, 0.0) + used
+    n = max(requests, 1.0)
+    return {
+        "us_per_req": {k: round(1e6 * v / n, 2) for k, v in groups.items()},
+        "by_thread_name_us_per_req": {
+            k: round(1e6 * v / n, 2) for k, v in sorted(by_name.items(), key=lambda x: -x[1])
+        },
+    }
+
+
+def perf_top(pid: int, seconds: float, data: Path, lines: int = 25) -> dict | None:
+    """``perf record`` of process `pid` for `seconds` (999 Hz, no call graphs), then self
+    time by thread name and the hottest (thread, shared object, symbol); None if perf is
+    not installed."""
+    if not shutil.which("perf"):
+        return None
+    rec = subprocess.run(
+        ["perf", "record", "-F", "999", "-p", str(pid), "-o", str(data), "--", "sleep",
+         str(seconds)],  # fmt: skip
+        capture_output=True, text=True, timeout=seconds + 60,
+    )  # fmt: skip
+    if rec.returncode != 0:
+        return {"error": rec.stderr[-2000:]}
+
+    def report(sort: str, limit: str) -> list[list[str]]:
+        out = subprocess.run(
+            ["perf", "report", "-i", str(data), "--stdio", "--no-children", "--sort", sort,
+             "--percent-limit", limit],  # fmt: skip
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        rows = []
+        for ln in out.stdout.splitlines():
+            if ln.strip() and not ln.lstrip().startswith("#"):
+                rows.append(ln.split())
+        return rows
+
+    by_comm: dict[str, float] = {}
+    for row in report("comm", "0"):
+        key = re.sub(r"\d+$", "N", row[1])
+        by_comm[key] = round(by_comm.get(key, 0.0) + float(row[0].rstrip("%")), 2)
+    top = []
+    for row in report("comm,dso,symbol", "0.3")[:lines]:
+        # overhead, comm, dso, [.] or [k], symbol (may contain spaces), then perf's empty
+        # sort columns ("-")
+        while row and row[-1] == "-":
+            row.pop()
+        top.append(f"{row[0]:>7} {row[1]:<10} {row[2]:<28.28} {' '.join(row[4:])}")
+    return {"seconds": seconds, "by_thread_pct": by_comm, "top": top}
+
+
+# --------------------------------------------------------------------------- h2load
+
+
+GRPC_HEADERS = ("content-type: application/grpc", "te: trailers")
+
+
+def h2load_cmd(
+    url: str,
+    frame: Path,
+    c: int,
+    m: int,
+    duration: float | None,
+    warmup: float,
+    log: Path | None,
+    *,
+    headers: tuple[str, ...] = (),
+    requests: int | None = None,
+    rps: float | None = None,
+    threads: int = 1,
+    path: str = "/inference.GRPCInferenceService/ModelInfer",
+) -> list[str]:
+    """h2load posting the gRPC frame file `frame`: `c` connections x `m` streams, for
+    `duration` s after `warmup` s (or `requests` requests in all), each client at `rps`
+    requests/s when given (open loop up to `m` in flight), per-request ``--log-file``."""
+    cmd = ["h2load", "-c", str(c), "-m", str(m), "-t", str(threads)]
+    if requests is not None:
+        cmd += ["-n", str(requests)]
+    else:
+        cmd += ["-D", f"{int(duration * 1000)}ms"]
+        if warmup > 0:
+            cmd += ["--warm-up-time", f"{int(warmup * 1000)}ms"]
+    if rps:
+        cmd += ["--rps", str(max(1, round(rps)))]
+    for h in (*GRPC_HEADERS, *headers):
+        cmd += ["-H", h]
+    cmd += ["-d", str(frame)]
+    if log is not None:
+        cmd += ["--log-file", str(log)]
+    return [*cmd, f"http://{url}{path}"]
+
+
+def parse_h2load(text: str) -> dict:
+    """req/s, request counts, status classes, traffic and h2load's own timing summary."""
+    out: dict = {}
+    m = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", text)
+    if m:
+        out["finished_s"] = float(m.group(1)) / (1000 if m.group(2) == "ms" else 1)
+        out["req_per_s"] = float(m.group(3))
+    m = re.search(
+        r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+        r"(\d+) errored, (\d+) timeout",
+        text,
+    )
+    if m:
+        keys = ("total", "started", "done", "succeeded", "failed", "errored", "timeout")
+        out["requests"] = dict(zip(keys, map(int, m.groups()), strict=True))
+    m = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
+    if m:
+        out["status"] = dict(zip(("2xx", "3xx", "4xx", "5xx"), map(int, m.groups()), strict=True))
+    m = re.search(
+        r"traffic: .*? \((\d+)\) total, .*? \((\d+)\) headers .*?, .*? \((\d+)\) data", text
+    )
+    if m:
+        out["traffic_bytes"] = dict(
+            zip(("total", "headers", "data"), map(int, m.groups()), strict=True)
+        )
+    m = re.search(r"time for request:\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)", text)
+    if m:
+        out["time_for_request"] = dict(zip(("min", "max", "mean", "sd"), m.groups(), strict=True))
+    return out
+
+
+def read_h2load_log(log: Path) -> np.ndarray:
+    """h2load's ``--log-file``: rows of (start µs since the epoch, HTTP status, duration µs).
+    A gRPC error is HTTP 200 too: the status is in the trailers, which the log does not have."""
+    if not log.exists() or not log.stat().st_size:
+        return np.zeros((0, 3), np.int64)
+    return np.loadtxt(log, dtype=np.int64, ndmin=2)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -256,13 +459,14 @@ ORT_SETTINGS = {
 }
 
 
-def ort_session(model_path: Path):
-    """An InferenceSession with the settings steadyserve uses by default (see README):
-    one intra-op and one inter-op thread, no spin-waiting, sequential execution."""
+def ort_session(model_path: Path, intra_op_threads: int = 1):
+    """An InferenceSession with the settings steadyserve uses (see README): one intra-op
+    thread (or `intra_op_threads`: what ``intra_op_threads: auto`` chose), one inter-op
+    thread, no spin-waiting, sequential execution."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
+    so.intra_op_num_threads = intra_op_threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -306,7 +510,7 @@ def write_mlp(
     rng = np.random.default_rng(seed)
     inits, nodes = [], []
     prev = input_name
-    for i, (n_in, n_out) in enumerate(zip(layers[:-1], layers[1:])):
+    for i, (n_in, n_out) in enumerate(zip(layers[:-1], layers[1:], strict=True)):
         w = (rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(np.float32)
         b = (rng.standard_normal(n_out) * 0.01).astype(np.float32)
         inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
@@ -332,19 +536,25 @@ def write_mlp(
 
 
 def build_wide_repo(
-    root: Path, max_batch_size: int = 64, model: str = WIDE_MODEL, layers=WIDE_LAYERS
+    root: Path,
+    max_batch_size: int = 64,
+    model: str = WIDE_MODEL,
+    layers=WIDE_LAYERS,
+    intra_op_threads: int | str = 1,
 ) -> DemoRepo:
     """REPO/<model>/1/model.onnx (a 512-2048-2048-10 MLP by default) and a config.yaml with
-    `max_batch_size` and steadyserve's default ONNX Runtime settings; override keys with
-    ``override_config(root, [...], model)``."""
+    `max_batch_size`, the demo's batching (no queue delay, 1024 queued at most) and
+    `intra_op_threads` (1, or "auto": steadyserve's default, which times one thread against
+    one per core in the warm-up); override keys with ``override_config(root, [...], model)``."""
     model_path = write_mlp(root / model / "1" / "model.onnx", tuple(layers))
     text = (
         f"# {'-'.join(map(str, layers))} MLP, random weights (benchmarks/common.py)\n"
         f"max_batch_size: {max_batch_size}\n"
-        "batching:\n  max_queue_delay_us: 0\n"
+        "batching:\n  max_queue_delay_us: 0\n  max_queue_size: 1024\n"
         "instances: 1\n"
         "execution: auto\n"
-        "onnxruntime:\n  intra_op_threads: 1\n  inter_op_threads: 1\n  allow_spinning: false\n"
+        f"onnxruntime:\n  intra_op_threads: {intra_op_threads}\n  inter_op_threads: 1\n"
+        "  allow_spinning: false\n"
     )
     (root / model / "config.yaml").write_text(text)
     return DemoRepo(root, model_path, "stand-in", text)
@@ -402,6 +612,26 @@ def compute_limit_rows_per_s(batch_counts: dict[int, int], runs_per_s: dict[int,
 
 
 # --------------------------------------------------------------------------- output
+
+
+def fmt_spread(d: dict | None, fmt: str = ".0f", scale: float = 1.0) -> str:
+    """``median [min-max]`` of a ``spread`` dict (``-`` when empty)."""
+    if not d:
+        return "-"
+    med, lo, hi = (format(d[k] * scale, fmt) for k in ("median", "min", "max"))
+    return med if lo == hi else f"{med} [{lo}-{hi}]"
+
+
+def md_table(header: list[str], rows: list[list[object]], align: str | None = None) -> str:
+    """A markdown table; `align` is one character per column, ``l`` or ``r`` (default: the
+    first column left, the others right)."""
+    align = align or "l" + "r" * (len(header) - 1)
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "| " + " | ".join("---" if a == "l" else "---:" for a in align) + " |",
+    ]
+    lines += ["| " + " | ".join(str(x) for x in row) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def write_json(obj: object, name: str) -> Path:

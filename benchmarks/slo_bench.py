@@ -1,9 +1,9 @@
 """Latency SLOs under overload: enforcement on vs off, in-process and over gRPC.
 
-Three experiments, each comparing **on** (the SLO model: ``slo.latency_ms`` 20,
-``slo.margin_ms`` 6, admission control, deadlines; over gRPC also the server flag
-``--max-pending-rpcs 8``) with **off** (the
-same ONNX file with plain FIFO batching: ``slo.admission_control: false``, no SLO, no
+Three experiments (a fourth, below, compares the frontends), each comparing **on** (the
+SLO model: ``slo.latency_ms`` 20, ``slo.margin_ms`` 6, admission control, deadlines; over
+gRPC with ``--frontend grpcio`` also the server flag ``--max-pending-rpcs 8``) with **off**
+(the same ONNX file with plain FIFO batching: ``slo.admission_control: false``, no SLO, no
 deadline, no transport limits) in the same run, interleaved:
 
 1. **in-process, open loop** - Poisson arrivals from an asyncio driver into
@@ -20,6 +20,14 @@ deadline, no transport limits) in the same run, interleaved:
 3. **gRPC, closed loop** - 128 clients each keeping one request in flight, every request
    with a 25 ms gRPC deadline (the load under which a Triton-based server answered 1% of
    its capacity in time), on vs off.
+4. **frontend overload** (``frontend_overload``, run by ``grpc_load.py --parts overload``
+   for each ``--frontend``) - h2load, 128 connections sending open loop at a multiple of
+   the frontend's own c=64 throughput, 25 ms gRPC deadlines, with this script's HTTP/2
+   client as a probe beside it (h2load cannot see a call's grpc-status).
+
+Experiments 2 and 3 run ``--frontend grpcio`` by default (``--frontend native`` to change
+it): this script's Python client offers ~10k req/s at most, below the native frontend's
+capacity, so only h2load (experiment 4) overloads that one.
 
 Figures per point: offered and answered req/s, **goodput** (answers within the SLO per
 second), **attainment** (share of *answered* requests within the SLO; refused ones are
@@ -64,7 +72,18 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-from common import RESULTS_DIR, loadavg, machine_info, spread, stamp
+from common import (
+    RESULTS_DIR,
+    fmt_spread,
+    h2load_cmd,
+    loadavg,
+    machine_info,
+    md_table,
+    parse_h2load,
+    read_h2load_log,
+    spread,
+    stamp,
+)
 
 SLO_MS = 20.0
 CLOSED_DEADLINE_MS = 25.0
@@ -380,15 +399,28 @@ def run_load(
 
 def load_subprocess(**kwargs) -> dict:
     """run_load in a child process (its own GIL and CPU accounting)."""
-    out = subprocess.run(
+    return load_result(load_start(**kwargs), kwargs["duration"])
+
+
+def load_start(**kwargs) -> subprocess.Popen:
+    """run_load in a child process, started; ``load_result`` waits for its figures."""
+    return subprocess.Popen(
         [sys.executable, __file__, "--_load", json.dumps(kwargs)],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=kwargs["duration"] + 60,
     )
-    if out.returncode != 0:
-        raise RuntimeError(f"load generator failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def load_result(proc: subprocess.Popen, duration: float) -> dict:
+    try:
+        out, err = proc.communicate(timeout=duration + 60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"load generator failed:\n{err[-3000:]}")
+    return json.loads(out.strip().splitlines()[-1])
 
 
 # --------------------------------------------------------------------------- server
@@ -426,18 +458,7 @@ class Server:
                 raise RuntimeError(f"server did not start; see {log_path}")
 
     def metrics(self) -> dict[str, float]:
-        text = urllib.request.urlopen(f"http://{self.http}/metrics", timeout=10).read().decode()
-        out = {}
-        for line in text.splitlines():
-            m = re.match(
-                r"(steadyserve_refused_requests_total|steadyserve_requests_total)\{(.*)\} (\S+)$",
-                line,
-            )
-            if m:
-                labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
-                what = labels.get("reason") or labels.get("outcome")
-                out[f"{labels['model']}:{m.group(1).split('_')[1]}:{what}"] = float(m.group(3))
-        return out
+        return scrape(self.http)
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -445,6 +466,22 @@ class Server:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+def scrape(http: str) -> dict[str, float]:
+    """{"model:requests:outcome" or "model:refused:reason": count} from the server's /metrics."""
+    text = urllib.request.urlopen(f"http://{http}/metrics", timeout=10).read().decode()
+    out = {}
+    for line in text.splitlines():
+        m = re.match(
+            r"(steadyserve_refused_requests_total|steadyserve_requests_total)\{(.*)\} (\S+)$",
+            line,
+        )
+        if m:
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
+            what = labels.get("reason") or labels.get("outcome")
+            out[f"{labels['model']}:{m.group(1).split('_')[1]}:{what}"] = float(m.group(3))
+    return out
 
 
 def metric_delta(before: dict, after: dict, model: str) -> dict:
@@ -460,9 +497,12 @@ def metric_delta(before: dict, after: dict, model: str) -> dict:
 
 def grpc_experiments(args, tmp: Path) -> dict:
     repo = build_repo(tmp / "repo")
+    # --max-pending-rpcs is grpc.aio's; the native frontend sheds overload in the core.
+    on_flags = ["--max-pending-rpcs", str(PENDING_RPCS)] if args.frontend == "grpcio" else []
+    frontend = ["--frontend", args.frontend]
     servers = {
-        "on": Server(repo, tmp / "server_on.log", "--max-pending-rpcs", str(PENDING_RPCS)),
-        "off": Server(repo, tmp / "server_off.log"),
+        "on": Server(repo, tmp / "server_on.log", *frontend, *on_flags),
+        "off": Server(repo, tmp / "server_off.log", *frontend),
     }
     models = {"on": ON_MODEL, "off": OFF_MODEL}
     deadlines = {"on": SLO_MS, "off": None}
@@ -664,6 +704,174 @@ def inprocess_experiments(args, tmp: Path) -> dict:
     return out
 
 
+# --------------------------------------------------------------------------- frontend overload
+
+
+def frontend_overload(
+    url: str,
+    http: str,
+    frame: Path,
+    capacity: float,
+    level: float | str,
+    *,
+    duration: float,
+    workdir: Path,
+    model: str = "tabular",
+    clients: int = 128,
+    streams: int = 32,
+    deadline_ms: float = CLOSED_DEADLINE_MS,
+    h2load_threads: int = 2,
+    probe_rate: float = 400.0,
+    tight_rate: float = 200.0,
+    tight_deadline_ms: float = 1.0,
+    seed: int = 0,
+) -> dict:
+    """Overload of one server: h2load with `clients` connections, each sending at
+    ``level * capacity / clients`` requests/s (open loop, up to `streams` in flight per
+    connection; ``level="max"``: as fast as h2load can), every request with a
+    ``grpc-timeout`` of `deadline_ms`; beside it a probe (this script's HTTP/2 client,
+    Poisson at `probe_rate`/s on 4 connections, same deadline) that sees each call's
+    outcome, which h2load cannot: gRPC answers errors with HTTP 200 and h2load's log has
+    no trailers. h2load's refusals come in bursts (a connection's reads meet a full
+    queue), which the probe may miss; a second probe (`tight_rate`/s) asks for
+    `tight_deadline_ms`, less than the queue's wait, so its calls are refused (at the door,
+    or expired in the queue): the latency of a refusal under this load.
+
+    Goodput (answers OK within the deadline per second) is bounded from the two sides that
+    are known: the server's success count (over the run, less the probe's answers) and
+    h2load's per-request latencies -- at least ``min(success, done) - late`` and at most
+    ``min(success, on time)`` calls were answered OK in time. Refusals: the server's own
+    counts by reason (``steadyserve_refused_requests_total``); calls that gRPC's core
+    refused before the server saw them (grpcio) are h2load's done minus the server's
+    answers and refusals. Refusal latency: the probe's, measured from its send time.
+    """
+    rps = None if level == "max" else float(level) * capacity / clients
+    log = workdir / "overload.log"
+    log.unlink(missing_ok=True)
+    cmd = h2load_cmd(
+        url, frame, clients, streams, duration, 0.0, log,
+        headers=(f"grpc-timeout: {round(deadline_ms)}m",), rps=rps,
+        threads=h2load_threads,
+    )  # fmt: skip
+    before = scrape(http)
+    load0 = loadavg()
+    h2 = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    probe_s = max(0.5, duration - 1.0)
+    probes = {
+        name: load_start(
+            target=url, model=model, rate=rate, duration=probe_s, deadline_ms=d,
+            slo_ms=d, connections=4, seed=seed + i,
+        )
+        for i, (name, rate, d) in enumerate(
+            (("probe", probe_rate, deadline_ms), ("tight_probe", tight_rate, tight_deadline_ms))
+        )
+        if rate
+    }  # fmt: skip
+    try:
+        results = {name: load_result(proc, probe_s) for name, proc in probes.items()}
+    finally:
+        out, _ = h2.communicate(timeout=duration + 60)
+    probe = results["probe"]
+    time.sleep(0.3)  # the last answers and refusals reach the counters
+    delta = metric_delta(before, scrape(http), model)
+    if h2.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({h2.returncode}):\n{out[-3000:]}")
+    h = parse_h2load(out)
+    reqs = h.get("requests", {})
+    done, started = reqs.get("done", 0), reqs.get("started", 0)
+    lat_ms = read_h2load_log(log)[:, 2] / 1000.0
+    late = int((lat_ms > deadline_ms).sum())
+    on_time = int(lat_ms.size - late)
+    success = max(0.0, delta.get("requests:success", 0.0)
+                  - sum(r["answered"] for r in results.values()))  # fmt: skip
+    refused = {k.split(":", 1)[1]: v for k, v in delta.items() if k.startswith("refused:")}
+    errors = {
+        k.split(":", 1)[1]: v
+        for k, v in delta.items()
+        if k.startswith("requests:") and k != "requests:success"
+    }
+    good_lo = max(0.0, min(success, done) - late)
+    good_hi = min(success, on_time)
+    pct = {p: round(float(np.percentile(lat_ms, p)), 3) for p in (50, 99)} if lat_ms.size else {}
+    return {
+        "level": level,
+        "offered_target_per_s": round(rps * clients, 1) if rps else None,
+        "offered_per_s": round(started / duration, 1),
+        "done": done,
+        "h2load": h,
+        "h2load_latency_p50_ms": pct.get(50),
+        "h2load_latency_p99_ms": pct.get(99),
+        "late": late,
+        "server_success": success,
+        "server_errors_by_status": errors,
+        "server_refused_by_reason": refused,
+        # gRPC's core answered these itself (DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED)
+        "refused_before_server": max(0.0, done - success - sum(errors.values())),
+        "answered_ok_per_s": round(min(success, done) / duration, 1),
+        "goodput_per_s": round(good_lo / duration, 1),
+        "goodput_upper_per_s": round(good_hi / duration, 1),
+        "goodput_vs_capacity": round(good_lo / duration / capacity, 4) if capacity else None,
+        "refused_share": round(1.0 - min(success, done) / done, 4) if done else None,
+        "probe": probe,
+        "tight_probe": results.get("tight_probe"),
+        "loadavg_before": load0,
+        "loadavg_after": loadavg(),
+        "command": " ".join(cmd),
+    }
+
+
+def overload_table(points: list[dict], capacity: dict[str, float]) -> str:
+    """Markdown: one row per (server, level), median [min-max] over repeats."""
+    rows = []
+    for name in dict.fromkeys(p["server"] for p in points):
+        for level in dict.fromkeys(p["level"] for p in points if p["server"] == name):
+            sel = [p for p in points if p["server"] == name and p["level"] == level]
+
+            def sp(f, sel=sel):
+                vals = [v for v in (f(p) for p in sel) if v is not None]
+                return spread(vals) if vals else None
+
+            cap = capacity[name]
+            rows.append([
+                name,
+                f"{level:g}x" if level != "max" else "max",
+                f"{cap:.0f}",
+                fmt_spread(sp(lambda p: p["offered_per_s"])),
+                fmt_spread(sp(lambda p: p["answered_ok_per_s"])),
+                fmt_spread(sp(lambda p: p["goodput_per_s"])),
+                fmt_spread(sp(lambda p: p["goodput_vs_capacity"]), ".0%"),
+                fmt_spread(sp(lambda p: p["refused_share"]), ".1%"),
+                fmt_spread(sp(lambda p: p["probe"]["refusal_p50_ms"]), ".2f"),
+                fmt_spread(sp(lambda p: p["probe"]["refusal_p99_ms"]), ".2f"),
+                fmt_spread(sp(lambda p: p["probe"]["attainment"]), ".1%"),
+                fmt_spread(sp(lambda p: (p.get("tight_probe") or {}).get("refusal_p50_ms")),
+                           ".2f"),
+                fmt_spread(sp(lambda p: (p.get("tight_probe") or {}).get("refused_share")),
+                           ".0%"),
+                fmt_spread(sp(lambda p: p["h2load_latency_p50_ms"]), ".2f"),
+            ])  # fmt: skip
+    return md_table(
+        [
+            "server",
+            "offered",
+            "capacity req/s",
+            "offered req/s",
+            "answered OK req/s",
+            "goodput req/s (lower bound)",
+            "goodput / capacity",
+            "refused",
+            "refusal p50 ms (probe)",
+            "refusal p99 ms (probe)",
+            "probe answers in time",
+            "1 ms probe: refusal p50 ms",
+            "1 ms probe refused",
+            "h2load p50 ms (all)",
+        ],  # fmt: skip
+        rows,
+        "ll" + "r" * 12,
+    )
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -803,6 +1011,14 @@ def main() -> None:
         type=lambda s: [float(v) for v in s.split(",")],
         default=list(FACTORS),
         help="load factors (default 0.5,1,1.5,2,3)",
+    )
+    ap.add_argument(
+        "--frontend",
+        choices=("grpcio", "native"),
+        default="grpcio",
+        help="gRPC frontend of the servers (default grpcio: this script's Python client "
+        "cannot load the native one past its capacity; for that see frontend_overload, "
+        "run by grpc_load.py --parts overload)",
     )
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (server logs)")
     ap.add_argument("--_load", help=argparse.SUPPRESS)

@@ -36,6 +36,7 @@ METHODS = [
     "ServerMetadata",
     "ModelMetadata",
     "ModelInfer",
+    "ModelStreamInfer",
     "ModelConfig",
     "ModelStatistics",
     "RepositoryIndex",

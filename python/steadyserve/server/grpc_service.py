@@ -320,11 +320,6 @@ def _model_infer_handler(servicer: InferenceServicer) -> grpc.RpcMethodHandler:
             if not failed:
                 return value
             failure = value
-            if isinstance(failure, NotFoundError):
-                try:  # the name rule's own message for a malformed name
-                    runtime.require_known(model_name)
-                except SteadyServeError as error:
-                    failure = error
         if context.time_remaining() == 0:
             # The gRPC deadline has passed: gRPC answers DEADLINE_EXCEEDED itself.
             raise asyncio.CancelledError() from None
@@ -347,8 +342,7 @@ def _varint(n: int) -> bytes:
 def _stream_answer(field_tag: int, payload: bytes) -> bytes:
     """A ModelStreamInferResponse holding one field (1: error_message, 2: infer_response),
     written on the wire directly: the core's answer is already a serialized
-    ModelInferResponse, and parsing it only to nest it would cost a copy per request.
-    (Triton's message; our protos/ does not define the streaming method yet.)"""
+    ModelInferResponse, and parsing it only to nest it would cost a copy per request."""
     return bytes((field_tag << 3 | 2,)) + _varint(len(payload)) + payload
 
 
@@ -362,12 +356,7 @@ def _model_stream_infer_handler(servicer: InferenceServicer) -> grpc.RpcMethodHa
     core = runtime.core
     dispatcher = runtime.dispatcher
 
-    def failure_answer(failure: BaseException, model_name: str = "") -> bytes:
-        if isinstance(failure, NotFoundError) and model_name:
-            try:  # the name rule's own message for a malformed name
-                runtime.require_known(model_name)
-            except SteadyServeError as error:
-                failure = error
+    def failure_answer(failure: BaseException) -> bytes:
         _, message = status_of(failure, method="ModelStreamInfer")
         return _stream_answer(1, message.encode())
 
@@ -401,11 +390,9 @@ def _model_stream_infer_handler(servicer: InferenceServicer) -> grpc.RpcMethodHa
                         future.add_done_callback(functools.partial(answered, tag))
                         dispatcher.schedule_inline(loop, completions)
                     else:  # answered at once (refused, or a cached answer)
-                        value, failed, model_name = submitted
+                        value, failed, _ = submitted
                         answers.put_nowait(
-                            failure_answer(value, model_name)
-                            if failed
-                            else _stream_answer(2, value)
+                            failure_answer(value) if failed else _stream_answer(2, value)
                         )
             except Exception as exc:  # the client's side broke: end the stream with it
                 answers.put_nowait(exc)
@@ -440,12 +427,13 @@ _END = object()  # ModelStreamInfer: the client half-closed
 
 def add_inference_service(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
     """Register ``servicer`` as ``inference.GRPCInferenceService`` on ``server``."""
-    # Not in protos/ (so not listed by reflection), but Triton clients call it.
-    handlers = {"ModelStreamInfer": _model_stream_infer_handler(servicer)}
+    handlers = {}
     for method in _SERVICE.methods:
         impl = getattr(servicer, method.name, None)
         if method.name == "ModelInfer":
             handlers[method.name] = _model_infer_handler(servicer)
+        elif method.name == "ModelStreamInfer":
+            handlers[method.name] = _model_stream_infer_handler(servicer)
         elif impl is None or method.client_streaming or method.server_streaming:
             handlers[method.name] = _unimplemented_handler(method)
         else:
