@@ -724,6 +724,7 @@ def frontend_overload(
     probe_rate: float = 400.0,
     tight_rate: float = 200.0,
     tight_deadline_ms: float = 1.0,
+    door_rate: float = 200.0,
     seed: int = 0,
 ) -> dict:
     """Overload of one server: h2load with `clients` connections, each sending at
@@ -756,6 +757,17 @@ def frontend_overload(
     before = scrape(http)
     load0 = loadavg()
     h2 = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # The door probe: h2load again (a C client, so its timings are the server's and the
+    # kernel's, not a starved Python loop's), one connection at `door_rate`/s, each call
+    # with a grpc-timeout of 1 us - already past when it arrives, so every one is refused
+    # DEADLINE_EXCEEDED at the door; its latencies are refusal latencies under the load.
+    door_log = workdir / "door.log"
+    door_log.unlink(missing_ok=True)
+    door_cmd = h2load_cmd(
+        url, frame, 1, 1, duration, 0.0, door_log, headers=("grpc-timeout: 1u",),
+        rps=door_rate, threads=1,
+    )  # fmt: skip
+    door = subprocess.Popen(door_cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     probe_s = max(0.5, duration - 1.0)
     probes = {
         name: load_start(
@@ -771,7 +783,15 @@ def frontend_overload(
         results = {name: load_result(proc, probe_s) for name, proc in probes.items()}
     finally:
         out, _ = h2.communicate(timeout=duration + 60)
+        door_out, _ = door.communicate(timeout=duration + 60)
     probe = results["probe"]
+    door_ms = read_h2load_log(door_log)[:, 2] / 1000.0 if door_log.exists() else np.zeros(0)
+    door_probe = {
+        "calls": int(door_ms.size),
+        "refusal_p50_ms": round(float(np.percentile(door_ms, 50)), 3) if door_ms.size else None,
+        "refusal_p99_ms": round(float(np.percentile(door_ms, 99)), 3) if door_ms.size else None,
+        "h2load": parse_h2load(door_out),
+    }
     time.sleep(0.3)  # the last answers and refusals reach the counters
     delta = metric_delta(before, scrape(http), model)
     if h2.returncode != 0:
@@ -814,6 +834,9 @@ def frontend_overload(
         "refused_share": round(1.0 - min(success, done) / done, 4) if done else None,
         "probe": probe,
         "tight_probe": results.get("tight_probe"),
+        "door_probe": door_probe,
+        # every door call must have been refused at the door (deadline passed on arrival)
+        "door_refused_by_server": delta.get("refused:deadline_passed", 0.0),
         "loadavg_before": load0,
         "loadavg_after": loadavg(),
         "command": " ".join(cmd),
@@ -848,6 +871,8 @@ def overload_table(points: list[dict], capacity: dict[str, float]) -> str:
                            ".2f"),
                 fmt_spread(sp(lambda p: (p.get("tight_probe") or {}).get("refused_share")),
                            ".0%"),
+                fmt_spread(sp(lambda p: (p.get("door_probe") or {}).get("refusal_p50_ms")),
+                           ".3f"),
                 fmt_spread(sp(lambda p: p["h2load_latency_p50_ms"]), ".2f"),
             ])  # fmt: skip
     return md_table(
@@ -865,10 +890,11 @@ def overload_table(points: list[dict], capacity: dict[str, float]) -> str:
             "probe answers in time",
             "1 ms probe: refusal p50 ms",
             "1 ms probe refused",
+            "door probe (h2load, 1 us deadline): refusal p50 ms",
             "h2load p50 ms (all)",
         ],  # fmt: skip
         rows,
-        "ll" + "r" * 12,
+        "ll" + "r" * 13,
     )
 
 
