@@ -404,7 +404,11 @@ def test_grpc_batched_string_inputs_each_caller_gets_its_rows(client):
     sent = {i: _texts(4, seed=i) for i in range(16)}
     with ThreadPoolExecutor(16) as pool:
         results = dict(
-            zip(sent, pool.map(lambda i: _infer_echo(client, sent[i], "echo_batched"), sent))
+            zip(
+                sent,
+                pool.map(lambda i: _infer_echo(client, sent[i], "echo_batched"), sent),
+                strict=True,
+            )
         )
     for i, result in results.items():
         assert result.as_numpy("echo").tolist() == _encoded(sent[i])

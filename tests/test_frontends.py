@@ -414,9 +414,11 @@ def test_frontend_figures_are_in_the_metrics(server, client):
     client.is_server_live()
     after = figures()
     assert after["steadyserve_grpc_connections"] >= 1
-    assert after["steadyserve_grpc_native_requests_total"] - before.get(
-        "steadyserve_grpc_native_requests_total", 0
-    ) >= 3
+    assert (
+        after["steadyserve_grpc_native_requests_total"]
+        - before.get("steadyserve_grpc_native_requests_total", 0)
+        >= 3
+    )
     assert after["steadyserve_grpc_bridged_calls_total"] > before.get(
         "steadyserve_grpc_bridged_calls_total", 0
     )

@@ -17,10 +17,11 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from steadyserve import _core
 # The oracle: tritonclient's own messages (wire-compatible with ours, test_proto_compat.py),
 # which share the test process's default descriptor pool with the other tests (conftest.py).
 from tritonclient.grpc import service_pb2 as pb
+
+from steadyserve import _core
 
 CONTENTS_FIELDS = [f.name for f in pb.InferTensorContents.DESCRIPTOR.fields]
 

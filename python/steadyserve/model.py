@@ -374,14 +374,22 @@ class ServableModel:
     def infer(self, inputs, *, deadline_ns=None, priority=0, outputs=None) -> InferResult:
         """Run one request on this version (thread-safe); concurrent callers share batches."""
         return self._dispatcher.infer(
-            self.name, self.version, inputs, deadline_ns=deadline_ns, priority=priority,
+            self.name,
+            self.version,
+            inputs,
+            deadline_ns=deadline_ns,
+            priority=priority,
             outputs=outputs,
         )
 
     async def infer_async(self, inputs, *, deadline_ns=None, priority=0, outputs=None):
         """Run one request on this version from asyncio; cancelling withdraws it if queued."""
         return await self._dispatcher.infer_async(
-            self.name, self.version, inputs, deadline_ns=deadline_ns, priority=priority,
+            self.name,
+            self.version,
+            inputs,
+            deadline_ns=deadline_ns,
+            priority=priority,
             outputs=outputs,
         )
 

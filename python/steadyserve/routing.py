@@ -170,17 +170,25 @@ class Router:
         self._deadline_skips: dict[str, int] = {}
         self.refreshes = 0  # runs that refreshed a skipped model's estimate
         self._stop = threading.Event()
-        self._ticker = threading.Thread(target=self._tick_loop, name="steadyserve-router", daemon=True)
+        self._ticker = threading.Thread(
+            target=self._tick_loop, name="steadyserve-router", daemon=True
+        )
         self._ticker.start()
 
     def configure(self, name: str, config) -> None:
         if config.backup:
             self._backups[name] = config.backup
         defaults = [
-            (output, list(np.asarray(row, dtype=np.float32).shape), np.asarray(row, np.float32).ravel().tolist())
+            (
+                output,
+                list(np.asarray(row, dtype=np.float32).shape),
+                np.asarray(row, np.float32).ravel().tolist(),
+            )
             for output, row in (config.failover.default_output or {}).items()
         ]
-        self._core.set_route(name, config.backup or "", bool(config.failover.on_deadline_miss), defaults)
+        self._core.set_route(
+            name, config.backup or "", bool(config.failover.on_deadline_miss), defaults
+        )
         self.breaker(name, config.failover.circuit)
         if self._metrics is not None:  # a series from the start, not from the first change
             self._metrics.circuit_state.labels(name).set(STATE_VALUE[self.breaker(name).state])

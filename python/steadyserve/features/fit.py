@@ -20,7 +20,6 @@ from ..errors import ConfigError
 from .stats import DEFAULT_BINS, STATS_FORMAT, fit_feature_stats, read_stats, write_stats
 from .transform import _RANGE_POLICY, build_transform, contract_policies
 
-
 # ----------------------------------------------------------------------------- fitting a model
 
 

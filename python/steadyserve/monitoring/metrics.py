@@ -25,7 +25,6 @@ from prometheus_client.core import (
     Metric,
 )
 
-
 log = logging.getLogger("steadyserve.monitoring.metrics")
 
 # Request latency on a serving path runs from ~100 µs (in-process) to seconds.
@@ -304,7 +303,7 @@ class CoreCollector(RuntimeCollector):
         yield requests
         yield depth
         yield slo
-        for what, parts in families.items():
+        for parts in families.values():
             if not parts:
                 continue
             merged = parts[0]

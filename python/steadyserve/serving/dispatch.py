@@ -10,6 +10,7 @@ on the submitting thread) are drained right after a submit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 from collections.abc import Mapping, Sequence
@@ -42,10 +43,8 @@ class LoopCompletions:
                 future.set_result(value)
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(RuntimeError, ValueError):  # the loop is closed already
             self.loop.remove_reader(self.queue.fd)
-        except (RuntimeError, ValueError):  # the loop is closed already
-            pass
 
 
 class Dispatcher:
@@ -154,4 +153,3 @@ class Dispatcher:
             c.futures.pop(tag, None)
             self.core.cancel(handle)
             raise
-

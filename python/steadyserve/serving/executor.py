@@ -176,7 +176,8 @@ class Executor:
                 model.faults.before_run(context.abort)
             values = self._session_run(self._names, feeds, context.run_options)
             if model.faults is not None:
-                values = list(model.faults.after_run(dict(zip(self._names, values))).values())
+                named = dict(zip(self._names, values, strict=True))
+                values = list(model.faults.after_run(named).values())
             produced = [_encode_output(v) for v in values] if self._any_bytes_out else values
         except ModelFailureError as e:
             error = e
