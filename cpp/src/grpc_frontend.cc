@@ -107,7 +107,8 @@ constexpr size_t kReadChunk = 64 * 1024;
 constexpr int kReadsPerWakeup = 8;  // per connection: fairness between busy connections
 constexpr int kAcceptsPerWakeup = 64;
 constexpr int kMaxEvents = 256;
-constexpr int64_t kSweepIntervalNs = 250'000'000;  // how often every connection's timeouts are checked
+constexpr int64_t kSweepIntervalNs = 250'000'000;
+constexpr int kKeepaliveIdleS = 60, kKeepaliveIntervalS = 10, kKeepaliveProbes = 3;  // how often every connection's timeouts are checked
 
 }  // namespace
 
@@ -564,6 +565,14 @@ void GrpcFrontend::IoThread::Accept() {
     }
     const int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    // A peer that vanished without a FIN (a half-open connection) is found by TCP
+    // keepalive within ~90 s: the socket then errors and the connection is closed, even
+    // while it has calls open (the idle timeout only covers connections without any).
+    const int idle_s = kKeepaliveIdleS, interval_s = kKeepaliveIntervalS, probes = kKeepaliveProbes;
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle_s, sizeof(idle_s));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval_s, sizeof(interval_s));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof(probes));
     fe_->connections_open_.fetch_add(1, std::memory_order_relaxed);
     fe_->connections_accepted_.fetch_add(1, std::memory_order_relaxed);
     // Round robin over the threads: the kernel wakes whichever thread waits
