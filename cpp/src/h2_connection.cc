@@ -7,10 +7,15 @@
 #include <limits>
 #include <utility>
 
+#include "h2_internal.h"
+
 namespace steadyserve {
 namespace h2 {
 
 namespace {
+
+using internal::Format;
+using internal::ReadU32;
 
 // gRPC status codes the connection answers with by itself.
 constexpr int kGrpcResourceExhausted = 8;
@@ -28,23 +33,7 @@ constexpr size_t kKeepBufferBytes = 64 * 1024;
 
 constexpr int64_t kNever = std::numeric_limits<int64_t>::max();
 
-std::string Format(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
-std::string Format(const char* fmt, ...) {
-  char buf[512];
-  va_list ap;
-  va_start(ap, fmt);
-  const int n = std::vsnprintf(buf, sizeof(buf), fmt, ap);
-  va_end(ap);
-  if (n < 0) return std::string();
-  return std::string(buf, std::min(static_cast<size_t>(n), sizeof(buf) - 1));
-}
-
 int64_t AddSat(int64_t a, int64_t b) { return a > kNever - b ? kNever : a + b; }
-
-uint32_t ReadU32(const char* p) {
-  const auto* u = reinterpret_cast<const uint8_t*>(p);
-  return (uint32_t{u[0]} << 24) | (uint32_t{u[1]} << 16) | (uint32_t{u[2]} << 8) | uint32_t{u[3]};
-}
 
 bool KnownFrameType(uint8_t t) { return t <= static_cast<uint8_t>(FrameType::kContinuation); }
 

@@ -5,30 +5,20 @@
 #include <cstdio>
 #include <cstring>
 
+#include "h2_internal.h"
+
 namespace steadyserve {
 namespace h2 {
 
 namespace {
 
-uint32_t ReadU32(const uint8_t* p) {
-  return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | uint32_t{p[3]};
-}
+using internal::Format;
+using internal::ReadU32;
 
 void PutU32(uint32_t v, std::string* out) {
   const char b[4] = {static_cast<char>(v >> 24), static_cast<char>(v >> 16), static_cast<char>(v >> 8),
                      static_cast<char>(v)};
   out->append(b, 4);
-}
-
-std::string Format(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
-std::string Format(const char* fmt, ...) {
-  char buf[256];
-  va_list ap;
-  va_start(ap, fmt);
-  const int n = std::vsnprintf(buf, sizeof(buf), fmt, ap);
-  va_end(ap);
-  if (n < 0) return std::string();
-  return std::string(buf, std::min(static_cast<size_t>(n), sizeof(buf) - 1));
 }
 
 uint32_t ClampFrameSize(uint32_t size) {
