@@ -22,6 +22,7 @@ from steadyserve.errors import (
     InvalidArgumentError,
     NotFoundError,
     ResourceExhaustedError,
+    SteadyServeError,
     UnavailableError,
 )
 
@@ -320,3 +321,18 @@ def test_inline_execution_config_rules(tmp_path):
     with steadyserve.Runtime(repo) as rt:
         reason = next(e.reason for e in rt.model_index() if e.name == "fast")
         assert "execution" in reason and "max_queue_delay_us: 0" in reason
+
+
+def test_batches_run_the_backends_current_session(tmp_path):
+    """Regression: the executor kept the session it saw when it was built, so a session
+    the warm-up put in its place (intra_op_threads: auto choosing more threads) was never
+    run. Batches now run whatever session the backend holds: once it is closed, they fail
+    (and the backup, if any, answers) instead of quietly running the old one."""
+    repo = _inline_repo(tmp_path, {"tunable": {"execution": "threads"}})
+    with steadyserve.Runtime(repo) as rt:
+        model = rt.get_model("tunable")
+        feeds = {"x": np.ones((1, 64), np.float32), "work": np.zeros((1, 1), np.int64)}
+        assert rt.infer("tunable", feeds)["y"].shape == (1, 1)
+        model.backend.close()
+        with pytest.raises(SteadyServeError, match="closed"):
+            rt.infer("tunable", feeds)

@@ -57,7 +57,6 @@ class Executor:
         self._input_names = [s.name for s in model.inputs]
         self._any_bytes = any(self._bytes_inputs)
         self._any_bytes_out = any(s.datatype == "BYTES" for s in model.outputs)
-        self._session = model.backend.session  # ORT's own run: no wrapper per batch
         self._watchdog: ExecutionWatchdog | None = None
         self._threads: list[threading.Thread] = []
         self.inline = False
@@ -226,8 +225,16 @@ class Executor:
                 self._leave_inline(cpu_ns)
 
     def _session_run(self, names, feeds, run_options):
+        # ORT's own run, no wrapper per batch. The session is asked for each batch, not kept:
+        # the warm-up may replace it (intra_op_threads: auto), and a copy taken earlier would
+        # go on running the one it replaced.
+        session = self._backend.session
+        if session is None:
+            raise ModelFailureError(
+                f"model '{self.model.name}' version {self.model.version}: closed"
+            )
         try:
-            return self._session.run(names, feeds, run_options)
+            return session.run(names, feeds, run_options)
         except Exception as exc:
             raise ModelFailureError(
                 f"model '{self.model.name}' version {self.model.version}: ONNX Runtime failed "
