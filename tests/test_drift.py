@@ -409,3 +409,16 @@ def test_drift_cli_when_no_server_listens(capsys):
         assert cli_main(["drift", "--url", f"127.0.0.1:{port}", "tabular", "--timeout", "5"]) == 1
     err = capsys.readouterr().err
     assert "cannot get http://127.0.0.1:" in err and "HTTP port" in err
+
+
+def test_drift_and_fault_pointed_at_the_grpc_port_say_so(server, capsys):
+    """The gRPC port answers HTTP/1.1 with HTTP/2 bytes (or closes): the commands say which
+    port they want instead of printing a parse error's traceback."""
+    grpc_url = server.grpc
+    assert cli_main(["drift", "--url", grpc_url, "linear", "--timeout", "5"]) == 1
+    err = capsys.readouterr().err
+    assert "is --url the gRPC port?" in err and "--http-port" in err
+    assert "Traceback" not in err
+    assert cli_main(["fault", "linear", "clear", "--url", grpc_url, "--timeout", "5"]) == 1
+    err = capsys.readouterr().err
+    assert "is --url the gRPC port?" in err and "Traceback" not in err

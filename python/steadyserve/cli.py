@@ -16,6 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 PROG = "steadyserve"
+# The answer did not parse as HTTP/1.1: on this server that means the gRPC port (HTTP/2 only).
+NOT_HTTP_PORT = (
+    "the answer is not HTTP/1.1 - is --url the gRPC port? These commands talk to the HTTP "
+    "port (--http-port, default 8000)"
+)
 ONNXRUNTIME_HINT = (
     "ONNX Runtime is not installed, and steadyserve needs it to run models. Install it with\n"
     "    pip install 'steadyserve[cpu]'    # CPU\n"
@@ -493,6 +498,7 @@ class _FetchError(Exception):
 
 
 def _fetch_drift(url: str, model: str, version: str | None, timeout: float) -> dict:
+    import http.client
     import json
     import urllib.error
     import urllib.parse
@@ -512,6 +518,8 @@ def _fetch_drift(url: str, model: str, version: str | None, timeout: float) -> d
         except ValueError:
             reason = exc.reason
         raise _FetchError(f"{base}{path}/drift: HTTP {exc.code}: {reason}") from None
+    except http.client.HTTPException:
+        raise _FetchError(f"cannot get {base}{path}/drift: {NOT_HTTP_PORT}") from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         why = getattr(exc, "reason", exc)
         raise _FetchError(
@@ -588,6 +596,7 @@ def _drift_text(report: dict) -> str:
 
 
 def _cmd_fault(args: argparse.Namespace) -> int:
+    import http.client
     import json
     import urllib.error
     import urllib.parse
@@ -617,6 +626,9 @@ def _cmd_fault(args: argparse.Namespace) -> int:
         except ValueError:
             reason = exc.reason
         print(f"{PROG} fault: refused (HTTP {exc.code}): {reason}", file=sys.stderr)
+        return 1
+    except http.client.HTTPException:
+        print(f"{PROG} fault: error: cannot reach {url}: {NOT_HTTP_PORT}", file=sys.stderr)
         return 1
     except (urllib.error.URLError, OSError, ValueError) as exc:
         why = getattr(exc, "reason", exc)
