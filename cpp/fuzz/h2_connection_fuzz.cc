@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "fuzz_check.h"
 #include "steadyserve/h2_connection.h"
 #include "steadyserve/h2_frame.h"
 #include "steadyserve/hpack.h"
@@ -29,11 +30,6 @@ using namespace steadyserve;
 using namespace steadyserve::h2;
 
 namespace {
-
-#define FUZZ_CHECK(cond)       \
-  do {                         \
-    if (!(cond)) std::abort(); \
-  } while (0)
 
 enum class End : uint8_t { kOpen, kFinished, kReset };
 

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "fuzz_check.h"
 #include "steadyserve/grpc_message.h"
 #include "steadyserve/h2_frame.h"
 
@@ -20,11 +21,6 @@ using namespace steadyserve;
 using namespace steadyserve::h2;
 
 namespace {
-
-#define FUZZ_CHECK(cond)       \
-  do {                         \
-    if (!(cond)) std::abort(); \
-  } while (0)
 
 uint64_t Hash(std::string_view s, uint64_t h) {
   for (char c : s) h = (h ^ static_cast<uint8_t>(c)) * 1099511628211ull;

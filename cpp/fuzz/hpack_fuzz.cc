@@ -13,17 +13,13 @@
 #include <string>
 #include <vector>
 
+#include "fuzz_check.h"
 #include "steadyserve/hpack.h"
 #include "steadyserve/hpack_huffman.h"
 
 using namespace steadyserve;
 
 namespace {
-
-#define FUZZ_CHECK(cond)       \
-  do {                         \
-    if (!(cond)) std::abort(); \
-  } while (0)
 
 constexpr uint32_t kTableSizes[] = {4096, 0, 256, 65536};
 constexpr uint32_t kListSizes[] = {16384, 200, 65536, 0};

@@ -11,16 +11,12 @@
 #include <string>
 #include <vector>
 
+#include "fuzz_check.h"
 #include "steadyserve/v2_wire.h"
 
 using namespace steadyserve;
 
 namespace {
-
-#define FUZZ_CHECK(cond)       \
-  do {                         \
-    if (!(cond)) std::abort(); \
-  } while (0)
 
 struct Decoding {
   ContentsField field;
