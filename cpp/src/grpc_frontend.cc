@@ -66,17 +66,19 @@ void AppendVarint(uint64_t v, std::string* out) {
 
 // A ModelStreamInferResponse: field 1 error_message (string) or field 2
 // infer_response (an already serialized ModelInferResponse).
-void EncodeStreamResponse(const Request& r, std::string* out) {
+constexpr char kErrorMessageTag = 0x0a;   // field 1, length-delimited
+constexpr char kInferResponseTag = 0x12;  // field 2, length-delimited
+
+void EncodeStreamField(char tag, std::string_view payload, std::string* out) {
   out->clear();
-  if (r.code == StatusCode::kOk) {
-    out->push_back(0x12);
-    AppendVarint(r.response.size(), out);
-    out->append(r.response);
-  } else {
-    out->push_back(0x0a);
-    AppendVarint(r.message.size(), out);
-    out->append(r.message);
-  }
+  out->push_back(tag);
+  AppendVarint(payload.size(), out);
+  out->append(payload);
+}
+
+void EncodeStreamResponse(const Request& r, std::string* out) {
+  if (r.code == StatusCode::kOk) EncodeStreamField(kInferResponseTag, r.response, out);
+  else EncodeStreamField(kErrorMessageTag, r.message, out);
 }
 
 std::string PeerName(const sockaddr_storage& addr) {
@@ -236,8 +238,6 @@ class GrpcFrontend::IoThread::Conn : public h2::StreamHandler {
   // Python's answers on a bridged call.
   void BridgeSend(uint32_t stream_id, std::string_view message);
   void BridgeFinish(uint32_t stream_id, int code, std::string_view message);
-  // Every open call ends: the connection is closing.
-  void AbandonCalls();
 
   h2::H2Connection& h2() { return *h2_; }
   void DestroyH2() { h2_.reset(); }
@@ -250,6 +250,8 @@ class GrpcFrontend::IoThread::Conn : public h2::StreamHandler {
 
  private:
   void Submit(uint32_t stream_id, Call& call, std::string_view message);
+  // One message on a call's stream; false (and the call forgotten) when it was refused.
+  bool Send(uint32_t stream_id, std::string_view message);
   // Ends a call with trailers and forgets it.
   void End(uint32_t stream_id, int code, std::string_view message);
   // Forgets a call that ended (finished or reset): counters, bridge slot.
@@ -400,12 +402,8 @@ void GrpcFrontend::IoThread::Conn::Submit(uint32_t stream_id, Call& call, std::s
     if (call.kind == Kind::kInfer) {
       End(stream_id, static_cast<int>(s.code()), s.message());
     } else {
-      std::string& out = t_->scratch_;
-      out.clear();
-      out.push_back(0x0a);
-      AppendVarint(s.message().size(), &out);
-      out.append(s.message());
-      h2_->SendMessage(stream_id, out);
+      EncodeStreamField(kErrorMessageTag, s.message(), &t_->scratch_);
+      Send(stream_id, t_->scratch_);
     }
     return;
   }
@@ -424,22 +422,30 @@ void GrpcFrontend::IoThread::Conn::Answer(uint32_t stream_id, Request* r) {
   call.queued.erase(q);
   if (call.kind == Kind::kInfer) {
     if (r->code == StatusCode::kOk) {
-      h2_->SendMessage(stream_id, r->response);
-      End(stream_id, kGrpcOk, "");
+      if (Send(stream_id, r->response)) End(stream_id, kGrpcOk, "");
     } else {
       End(stream_id, static_cast<int>(r->code), r->message);
     }
     return;
   }
   EncodeStreamResponse(*r, &t_->scratch_);
-  h2_->SendMessage(stream_id, t_->scratch_);
+  if (!Send(stream_id, t_->scratch_)) return;  // the call is over
   if (call.half_closed && call.queued.empty()) End(stream_id, kGrpcOk, "");
 }
 
 void GrpcFrontend::IoThread::Conn::BridgeSend(uint32_t stream_id, std::string_view message) {
   auto it = calls_.find(stream_id);
   if (it == calls_.end() || it->second.kind != Kind::kBridge) return;
-  h2_->SendMessage(stream_id, message);
+  Send(stream_id, message);
+}
+
+bool GrpcFrontend::IoThread::Conn::Send(uint32_t stream_id, std::string_view message) {
+  if (h2_->SendMessage(stream_id, message)) return true;
+  // Refused (an answer over max_message_bytes): the connection has finished the stream
+  // RESOURCE_EXHAUSTED on its own, so the call ends here as if reset - its queued requests
+  // are withdrawn and Python hears of a bridged one - instead of staying open for good.
+  OnStreamReset(stream_id);
+  return false;
 }
 
 void GrpcFrontend::IoThread::Conn::BridgeFinish(uint32_t stream_id, int code, std::string_view message) {
@@ -467,10 +473,6 @@ void GrpcFrontend::IoThread::Conn::Forget(std::unordered_map<uint32_t, Call>::it
   }
   calls_.erase(it);
   fe->StreamClosed();
-}
-
-void GrpcFrontend::IoThread::Conn::AbandonCalls() {
-  while (!calls_.empty()) OnStreamReset(calls_.begin()->first);
 }
 
 // --- IoThread ---------------------------------------------------------------
@@ -683,8 +685,7 @@ void GrpcFrontend::IoThread::Close(Conn* c) {
   c->closed = true;
   epoll_ctl(epfd_, EPOLL_CTL_DEL, c->fd(), nullptr);
   close(c->fd());
-  c->h2().Abort();     // every started stream is told (OnStreamReset): queued requests are cancelled
-  c->AbandonCalls();   // and anything the handler still holds
+  c->h2().Abort();  // every started stream is told (OnStreamReset): queued requests are cancelled
   const h2::ConnectionStats& s = c->h2().stats();
   closed_refused_ += s.streams_refused;
   closed_resets_ += s.streams_reset_by_peer;
@@ -935,26 +936,22 @@ void GrpcFrontend::PollBridge(std::vector<BridgeEvent>* out) {
 }
 
 bool GrpcFrontend::BridgeSend(uint64_t call, std::string message) {
-  const int t = TagThread(call);
-  if (t < 0 || t >= static_cast<int>(threads_.size()) || !started_ || stopped_) return false;
-  {
-    std::lock_guard<std::mutex> lock(bridge_mu_);
-    if (bridge_live_.count(call) == 0) return false;
-  }
-  IoThread::Mail m{IoThread::Mail::Kind::kSend, call, 0, std::move(message)};
-  threads_[t]->Post(std::move(m));
-  return true;
+  return PostToCall(call, /*finish=*/false, 0, std::move(message));
 }
 
 bool GrpcFrontend::BridgeFinish(uint64_t call, int grpc_status, std::string message) {
+  return PostToCall(call, /*finish=*/true, grpc_status, std::move(message));
+}
+
+bool GrpcFrontend::PostToCall(uint64_t call, bool finish, int grpc_status, std::string data) {
   const int t = TagThread(call);
   if (t < 0 || t >= static_cast<int>(threads_.size()) || !started_ || stopped_) return false;
   {
     std::lock_guard<std::mutex> lock(bridge_mu_);
     if (bridge_live_.count(call) == 0) return false;
   }
-  IoThread::Mail m{IoThread::Mail::Kind::kFinish, call, grpc_status, std::move(message)};
-  threads_[t]->Post(std::move(m));
+  const auto kind = finish ? IoThread::Mail::Kind::kFinish : IoThread::Mail::Kind::kSend;
+  threads_[t]->Post({kind, call, grpc_status, std::move(data)});
   return true;
 }
 

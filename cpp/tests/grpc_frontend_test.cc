@@ -549,6 +549,24 @@ void TestConnectionsSpreadOverThreads() {
   CHECK_EQ(st.connections_per_thread[1], uint64_t{4});
 }
 
+void TestOversizedStreamAnswerEndsTheCall() {
+  // Regression: an answer over max_message_bytes on a ModelStreamInfer stream was refused
+  // by the connection (RESOURCE_EXHAUSTED) while the frontend kept the call open, so the
+  // server never became idle and shutdown waited out its grace.
+  FrontendOptions o;
+  o.limits.max_message_bytes = 100;
+  Server server(o);
+  H2Client client(server.fe->port());
+  const std::string bad = InferRequest("../x", 1, 1);  // answered by a ~170-byte error
+  CHECK(bad.size() < 100);
+  client.Call(1, kStreamInfer, nullptr, /*end_stream=*/false);
+  client.Message(1, bad, false);
+  CHECK(client.WaitEnded(1));
+  CHECK_EQ(client.streams_[1].grpc_status(), 8);
+  CHECK(server.fe->WaitIdle(2'000'000'000));
+  CHECK_EQ(server.fe->Stats().streams_open, uint64_t{0});
+}
+
 }  // namespace
 
 #define RUN(t)                       \
@@ -569,6 +587,7 @@ int main() {
   RUN(TestMaxConnections);
   RUN(TestResetQueuedRequest);
   RUN(TestConnectionsSpreadOverThreads);
+  RUN(TestOversizedStreamAnswerEndsTheCall);
   std::printf("grpc_frontend_test: all passed\n");
   return 0;
 }

@@ -119,6 +119,9 @@ class GrpcFrontend {
   friend class IoThread;
   GrpcFrontend(InferenceCore* core, const FrontendOptions& options);
 
+  // BridgeSend / BridgeFinish: Python's answer to the call's I/O thread, unless the call is gone.
+  bool PostToCall(uint64_t call, bool finish, int grpc_status, std::string data);
+
   // Called by I/O threads.
   void PushBridge(BridgeEvent event);
   bool BridgeAdmit();       // one more bridged call, unless at the limit
