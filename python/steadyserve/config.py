@@ -366,6 +366,127 @@ class FailoverConfig(_Section):
     )
 
 
+# Metrics the evaluation computes, and whether a larger value is better.
+METRICS = {
+    "accuracy": True,
+    "precision": True,
+    "recall": True,
+    "f1": True,
+    "roc_auc": True,
+    "mae": False,
+    "rmse": False,
+    "r2": True,
+}
+
+
+def _plain_relative(value: str) -> str:
+    """A path inside the model directory: relative, no '..', no NUL."""
+    parts = value.replace("\\", "/").split("/")
+    if "\0" in value or value.startswith("/") or any(p in ("", "..") for p in parts):
+        raise _rule_error("", value, "must be a relative path inside the model directory")
+    return value
+
+
+class EvaluationConfig(_Section):
+    data: str | None = Field(
+        None,
+        min_length=1,
+        description="holdout set (.npz or .csv) relative to the model directory, e.g. "
+        "holdout.npz; used by `steadyserve evaluate` and the gate",
+    )
+    label: str = Field(
+        "label", min_length=1, description="the npz array or csv column holding the labels"
+    )
+    output: str | None = Field(
+        None,
+        min_length=1,
+        description="the output that predicts (class scores/probabilities or a value); "
+        "omit: the model's first output",
+    )
+    task: Literal["auto", "classification", "regression"] = Field(
+        "auto",
+        description="'classification', 'regression' or 'auto' (integer labels with class "
+        "scores or class outputs: classification)",
+    )
+
+    @field_validator("data")
+    @classmethod
+    def _inside(cls, value: str | None) -> str | None:
+        return None if value is None else _plain_relative(value)
+
+
+class GateRule(_Section):
+    metric: Literal["accuracy", "precision", "recall", "f1", "roc_auc", "mae", "rmse", "r2"] = (
+        Field(description="accuracy, precision, recall, f1, roc_auc, mae, rmse or r2")
+    )
+    min: float | None = Field(
+        None, allow_inf_nan=False, description="the lowest value a candidate may score"
+    )
+    max: float | None = Field(
+        None, allow_inf_nan=False, description="the highest value a candidate may score"
+    )
+    max_regression: float | None = Field(
+        None,
+        ge=0,
+        allow_inf_nan=False,
+        description="how much worse than the live version the candidate may score, >= 0 "
+        "(in the metric's own units; worse is lower, or higher for mae and rmse)",
+    )
+
+    @model_validator(mode="after")
+    def _something(self) -> GateRule:
+        if self.min is None and self.max is None and self.max_regression is None:
+            raise _rule_error(
+                "metric", self.metric, "a rule needs min, max or max_regression (or several)"
+            )
+        return self
+
+
+class GateConfig(_Section):
+    rules: list[GateRule] = Field(
+        default_factory=list,
+        description="rules a candidate version must pass on evaluation.data before it "
+        "serves, e.g. [{metric: accuracy, min: 0.9, max_regression: 0.02}]",
+    )
+
+
+class ProbationConfig(_Section):
+    window_s: float = Field(
+        0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="seconds after a promotion during which failures roll the model back "
+        "to the version it replaced, >= 0 (0 = no probation)",
+    )
+    max_failures: int = Field(
+        1,
+        ge=1,
+        description="failed batches (execution error or timeout, failed output check) of the "
+        "new version within the window that roll it back, >= 1; an opened circuit does too",
+    )
+
+
+class ShadowConfig(_Section):
+    version: int = Field(ge=1, description="the version (a directory of this model) mirrored to")
+    fraction: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="share of live batches mirrored to the shadow version, (0, 1]",
+    )
+    tolerance: float = Field(
+        1e-4,
+        ge=0,
+        allow_inf_nan=False,
+        description="largest absolute difference of a single-value output row that still "
+        "agrees, >= 0 (rows of class scores agree when their argmax does)",
+    )
+    max_pending_batches: int = Field(
+        16, ge=1, le=1024, description="mirrored batches waiting before more are dropped, 1..1024"
+    )
+
+
 def _check_versions(value: Any) -> Any:
     # One clear message instead of pydantic's two (one per branch of the union).
     allowed = "'latest', 'all' or a non-empty list of version numbers >= 1, e.g. [1, 2]"
@@ -396,6 +517,16 @@ class ModelConfig(_Section):
     )
     versions: Literal["latest", "all"] | list[Annotated[int, Field(ge=1)]] = Field(
         "latest", description="which versions to serve: 'latest', 'all' or a list like [1, 2]"
+    )
+    latest_versions: int = Field(
+        1,
+        ge=1,
+        description="with versions: latest, how many of the newest versions to serve, >= 1",
+    )
+    model_filename: str = Field(
+        "model.onnx",
+        min_length=1,
+        description="name of the model file in each version directory",
     )
     inputs: list[TensorConfig] = Field(
         default_factory=list, description="optional checks on the model's inputs"
@@ -432,15 +563,47 @@ class ModelConfig(_Section):
     failover: FailoverConfig = Field(
         default_factory=FailoverConfig, description="a mapping of failover settings"
     )
+    evaluation: EvaluationConfig = Field(
+        default_factory=EvaluationConfig,
+        description="a mapping naming the holdout set and how to score it",
+    )
+    gate: GateConfig = Field(
+        default_factory=GateConfig,
+        description="a mapping of rules a new version must pass before it serves",
+    )
+    probation: ProbationConfig = Field(
+        default_factory=ProbationConfig,
+        description="a mapping of settings for rolling back a newly promoted version",
+    )
+    shadow: ShadowConfig | None = Field(
+        None, description="a mapping: mirror live batches to another version and compare"
+    )
 
     @field_validator(
-        "inputs", "outputs", "batching", "onnxruntime", "slo", "drift", "failover", mode="before"
+        "inputs",
+        "outputs",
+        "batching",
+        "onnxruntime",
+        "slo",
+        "drift",
+        "failover",
+        "evaluation",
+        "gate",
+        "probation",
+        mode="before",
     )
     @classmethod
     def _empty_section(cls, value: Any, info: ValidationInfo) -> Any:
         # `batching:` with every line under it commented out reads as null: mean the defaults.
         if value is None:
             return [] if info.field_name in ("inputs", "outputs") else {}
+        return value
+
+    @field_validator("model_filename")
+    @classmethod
+    def _model_file(cls, value: str) -> str:
+        if "/" in value or "\\" in value or "\0" in value or value.startswith("."):
+            raise _rule_error("", value, "must be a plain file name, e.g. model.onnx")
         return value
 
     @field_validator("versions", mode="before")
@@ -457,6 +620,16 @@ class ModelConfig(_Section):
                 raise _rule_error(f"[{i}].name", tensor.name, "this tensor is listed twice")
             seen.add(tensor.name)
         return value
+
+    @model_validator(mode="after")
+    def _gate_has_data(self) -> ModelConfig:
+        if self.gate.rules and self.evaluation.data is None:
+            raise _rule_error(
+                "gate.rules",
+                [r.metric for r in self.gate.rules],
+                "the gate scores candidates on a holdout set: set evaluation.data",
+            )
+        return self
 
     @model_validator(mode="after")
     def _batching_fits(self) -> ModelConfig:
@@ -696,7 +869,13 @@ def _describe(err: Mapping[str, Any], node: yaml.Node | None) -> str:
 
 
 __all__ = [
+    "METRICS",
     "BatchingConfig",
+    "EvaluationConfig",
+    "GateConfig",
+    "GateRule",
+    "ProbationConfig",
+    "ShadowConfig",
     "ModelConfig",
     "OnnxRuntimeConfig",
     "SloConfig",

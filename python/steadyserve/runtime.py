@@ -61,6 +61,7 @@ class Runtime:
         warmup: bool = True,
         allow_fault_injection: bool = False,
         allow_inline: bool = True,
+        all_versions: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ):
         """``clock`` (seconds, monotonic) drives the circuit breakers' windows and
@@ -81,6 +82,7 @@ class Runtime:
         self._closed = False
         self.allow_fault_injection = allow_fault_injection
         self.allow_inline = allow_inline
+        self.all_versions = all_versions
         sources = scan_repository(self.repository)
         wanted = None if models is None else list(models)
         if wanted is not None:
@@ -117,7 +119,8 @@ class Runtime:
                 "request to drive it (allow_inline=False, as with the native gRPC frontend)",
                 extra={"model": source.name},
             )
-        for number in source.selected_versions():
+        numbers = sorted(source.versions) if self.all_versions else source.selected_versions()
+        for number in numbers:
             version = str(number)
             path = source.versions[number]
             started = time.monotonic()
