@@ -827,6 +827,12 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init<uint32_t>(), py::arg("max_requests"))
       .def("add_model", [](PyInferenceCore& c, PyModelCore& m) { c.core->AddModel(m.model); })
       .def(
+          "remove_model",
+          [](PyInferenceCore& c, PyModelCore& m) {
+            return c.core->RemoveModel(m.model->name(), m.model->version(), m.model.get());
+          },
+          py::arg("model"), "Take this model version out of routing (if it is still the one routed).")
+      .def(
           "set_route",
           [](PyInferenceCore& c, const std::string& name, const std::string& backup, bool on_deadline_miss,
              const std::vector<py::tuple>& defaults) {

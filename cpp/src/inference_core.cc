@@ -90,11 +90,7 @@ void InferenceCore::RebuildChainsLocked() {
   }
 }
 
-void InferenceCore::AddModel(std::shared_ptr<ModelCore> model) {
-  std::unique_lock<std::shared_mutex> lock(mu_);
-  Entry* e = GetOrAddLocked(model->name());
-  e->unavailable.clear();
-  e->versions[model->version()] = model;
+void InferenceCore::LatestLocked(Entry* e) {
   // Latest: the highest numeric version.
   auto key = [](const std::string& v) {
     return std::make_pair(v.size(), v);  // numeric strings: longer is larger
@@ -103,7 +99,26 @@ void InferenceCore::AddModel(std::shared_ptr<ModelCore> model) {
   for (const auto& [v, m] : e->versions)
     if (!latest || key(v) > key(latest->version())) latest = m;
   e->latest = latest;
+}
+
+void InferenceCore::AddModel(std::shared_ptr<ModelCore> model) {
+  std::unique_lock<std::shared_mutex> lock(mu_);
+  Entry* e = GetOrAddLocked(model->name());
+  e->unavailable.clear();
+  e->versions[model->version()] = model;  // a reload of the same version replaces it here
+  LatestLocked(e);
   RebuildChainsLocked();
+}
+
+bool InferenceCore::RemoveModel(const std::string& name, const std::string& version, const ModelCore* expected) {
+  std::unique_lock<std::shared_mutex> lock(mu_);
+  Entry* e = EntryLocked(name);
+  if (e == nullptr) return false;
+  auto it = e->versions.find(version);
+  if (it == e->versions.end() || (expected != nullptr && it->second.get() != expected)) return false;
+  e->versions.erase(it);
+  LatestLocked(e);
+  return true;
 }
 
 void InferenceCore::SetRoute(const std::string& name, const std::string& backup, bool on_deadline_miss,

@@ -765,3 +765,102 @@ TEST(CheckBytesTensorFramingAndUtf8) {
 }
 
 TEST_MAIN()
+
+// A reload under load: clients submit without pause while version 2 is added beside
+// version 1, version 1 is taken out of routing, then stopped and drained. No request
+// fails, each is executed once, and every request submitted after the swap returned
+// is answered by version 2. Then the same for a replacement of version 2 by a new
+// core of the same version (a changed config or stats file).
+TEST(SwapVersionsUnderLoadDropsNothing) {
+  InferenceCore core(1024);
+  auto v1 = AddModel(core, "A", Opts(8, 200 * 1000, 256));
+  auto exec1 = std::make_unique<Executor>(v1);
+  CompletionQueue cq;
+  std::atomic<bool> stop{false};
+  std::atomic<uint32_t> next_tag{1}, queued{0}, refused{0}, done{0};
+  std::atomic<uint64_t> swapped_at_tag{0}, replaced_at_tag{0};
+  std::vector<std::thread> clients;
+  for (int c = 0; c < 3; ++c) {
+    clients.emplace_back([&] {
+      while (!stop.load()) {
+        if (queued.load() - done.load() > 96) {  // stay under the queue's 256: no refusals
+          std::this_thread::sleep_for(std::chrono::microseconds(50));
+          continue;
+        }
+        const uint32_t tag = next_tag.fetch_add(1);
+        Submitted s = Wire(core, InferRequest("A", tag, 1 + tag % 2), &cq, tag);
+        if (!s.status.ok() || !s.queued) {
+          ++refused;
+          if (s.answer != nullptr) core.Release(s.answer);
+          continue;
+        }
+        ++queued;
+        if (tag % 64 == 0) std::this_thread::sleep_for(std::chrono::microseconds(100));
+      }
+    });
+  }
+  std::map<uint64_t, std::string> answered;  // tag -> version
+  std::vector<std::string> errors;
+  auto drain = [&] {
+    std::vector<Request*> some;
+    cq.Drain(&some);
+    for (Request* r : some) {
+      if (r->code != StatusCode::kOk) {
+        errors.push_back(r->message);
+      } else {
+        const Response resp = ParseResponse(r->response);
+        CheckResponse(resp, "A", static_cast<uint32_t>(r->user_tag), 1 + r->user_tag % 2);
+        CHECK(answered.emplace(r->user_tag, resp.version).second);  // answered once
+      }
+      core.Release(r);
+      ++done;
+    }
+  };
+  auto run_for = [&](int ms) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+    while (std::chrono::steady_clock::now() < until) {
+      drain();
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  };
+  run_for(60);
+  auto o2 = Opts(8, 200 * 1000, 256);
+  o2.version = "2";
+  auto v2 = AddModel(core, "A", o2);  // routable at once: the latest version
+  auto exec2 = std::make_unique<Executor>(v2);
+  swapped_at_tag = next_tag.load();
+  CHECK(core.RemoveModel("A", "1", v1.get()));
+  CHECK(!core.RemoveModel("A", "1", v1.get()));  // gone already
+  exec1.reset();  // stops v1: it runs what it admitted, then the thread ends
+  run_for(60);
+  // The same version again: a new core replaces the routed one.
+  auto v2b = AddModel(core, "A", o2);
+  auto exec2b = std::make_unique<Executor>(v2b);
+  replaced_at_tag = next_tag.load();
+  CHECK(!core.RemoveModel("A", "2", v2.get()));  // replaced: not the routed one any more
+  exec2.reset();
+  run_for(60);
+  stop = true;
+  for (auto& t : clients) t.join();
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (answered.size() + errors.size() < queued.load()) {
+    CHECK(std::chrono::steady_clock::now() < until);
+    drain();
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  CHECK(errors.empty());
+  CHECK_EQ(refused.load(), 0u);
+  CHECK_EQ(answered.size(), static_cast<size_t>(queued.load()));
+  uint64_t after_swap = 0;
+  for (const auto& [tag, version] : answered) {
+    if (tag >= swapped_at_tag.load()) {
+      CHECK_STR(version, std::string("2"));
+      ++after_swap;
+    }
+  }
+  CHECK(after_swap > 0);
+  CHECK(v1->stats().Outcome(StatusCode::kOk) > 0);
+  CHECK(v2b->stats().Outcome(StatusCode::kOk) > 0);
+  exec2b.reset();
+  CheckPoolEmpty(core);
+}

@@ -58,6 +58,20 @@ class PermissionDeniedError(SteadyServeError, PermissionError):
     grpc_code = "PERMISSION_DENIED"
 
 
+class UnauthenticatedError(SteadyServeError):
+    """A management call without the management token, or with a wrong one."""
+
+    grpc_code = "UNAUTHENTICATED"
+
+
+class FailedPreconditionError(SteadyServeError):
+    """The call is valid but the server's state refuses it: management in a model
+    control mode that does not allow it, a candidate version the gate rejected, a
+    rollback with no previous version kept."""
+
+    grpc_code = "FAILED_PRECONDITION"
+
+
 class InternalError(SteadyServeError):
     """The model failed while executing a valid request."""
 
@@ -93,6 +107,7 @@ __all__ = [
     "CancelledError",
     "ConfigError",
     "DeadlineExceededError",
+    "FailedPreconditionError",
     "InternalError",
     "InvalidArgumentError",
     "ModelFailureError",
@@ -100,5 +115,6 @@ __all__ = [
     "PermissionDeniedError",
     "ResourceExhaustedError",
     "SteadyServeError",
+    "UnauthenticatedError",
     "UnavailableError",
 ]

@@ -121,8 +121,15 @@ class ServableModel:
 
     platform = PLATFORM
 
-    def __init__(self, name: str, version: str, config, backend, dispatcher, faults=None):
+    def __init__(
+        self, name: str, version: str, config, backend, dispatcher, faults=None, stats_cache=None
+    ):
+        """``stats_cache`` (file name -> parsed stats, or None where the file is absent)
+        is filled with the stats files this version reads, and read first: a lifecycle
+        generation passes the same dict again to rebuild this version (a rollback) from
+        the stats it was loaded with, whatever the file says now."""
         self.name = name
+        self.stats_cache = stats_cache if stats_cache is not None else {}
         self.version = str(version)
         self.config = config
         self.max_batch_size = _effective_max_batch_size(config, backend.inputs)
@@ -220,7 +227,7 @@ class ServableModel:
         Returns ({input: (transform, names, stats)}, {output: (monitor, stats)}).
         """
         model_dir = Path(getattr(self.backend, "path", ".")).parent
-        stats_cache: dict[str, dict | None] = {}
+        stats_cache = self.stats_cache
 
         def stats_for(file_name: str, required: bool) -> dict | None:
             if file_name not in stats_cache:
@@ -333,8 +340,12 @@ class ServableModel:
             and 0 < self.core_model.estimate_ns(largest) <= INLINE_MAX_BATCH_NS
         )
 
-    def close(self, timeout: float | None = 30.0) -> None:
-        """Stop accepting, execute everything already accepted, join the executors."""
+    def close(self, timeout: float | None = 30.0, *, keep_backend: bool = False) -> None:
+        """Stop accepting, execute everything already accepted, join the executors.
+
+        ``keep_backend`` leaves the ONNX Runtime session open for another
+        ServableModel that shares it (an evaluation copy, or a version kept for
+        rollback)."""
         if self._is_closed:
             return
         self._is_closed = True
@@ -342,7 +353,8 @@ class ServableModel:
         self.core_model.stop()
         self.executor.stop(timeout)
         self.core_model.close()  # the reaper thread, joined with the GIL released
-        self.backend.close()
+        if not keep_backend:
+            self.backend.close()
 
     def _warmup_batch_sizes(self) -> list[int]:
         if self.max_batch_size == 0:
@@ -365,7 +377,13 @@ class ServableModel:
         return feeds
 
     def _warmup(self) -> None:
-        timings = self.backend.warmup(self._zeros, self._warmup_batch_sizes())
+        # A backend shared by another ServableModel (an evaluation copy, a rollback)
+        # was warmed up once already: its timings seed this latency model too.
+        sizes = self._warmup_batch_sizes()
+        timings = getattr(self.backend, "warmup_timings", None)
+        if timings is None or set(timings) != set(sizes):
+            timings = self.backend.warmup(self._zeros, sizes)
+            self.backend.warmup_timings = timings
         for rows, seconds in timings.items():
             self.core_model.record_latency(rows, int(seconds * 1e9))
 

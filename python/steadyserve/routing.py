@@ -73,6 +73,18 @@ class CircuitBreaker:
         self.last_reason = ""
         self.changed_at = clock()  # when the state last changed (clock's time)
 
+    def configure(self, config) -> None:
+        """New thresholds (a reloaded config); counts so far are kept."""
+        with self._lock:
+            self._config = config
+
+    def reset(self, why: str) -> None:
+        """Closed with clean counts: the model behind it was replaced (a rollback)."""
+        with self._lock:
+            self._reset_counts()
+            if self.state != CLOSED:
+                self._move(CLOSED, why)
+
     def since_s(self) -> float:
         """Seconds in the current state."""
         return self._clock() - self.changed_at
@@ -176,8 +188,11 @@ class Router:
         self._ticker.start()
 
     def configure(self, name: str, config) -> None:
+        """Publish a model's failover settings (at load, and again at each reload)."""
         if config.backup:
             self._backups[name] = config.backup
+        else:
+            self._backups.pop(name, None)
         defaults = [
             (
                 output,
@@ -189,7 +204,7 @@ class Router:
         self._core.set_route(
             name, config.backup or "", bool(config.failover.on_deadline_miss), defaults
         )
-        self.breaker(name, config.failover.circuit)
+        self.breaker(name, config.failover.circuit).configure(config.failover.circuit)
         if self._metrics is not None:  # a series from the start, not from the first change
             self._metrics.circuit_state.labels(name).set(STATE_VALUE[self.breaker(name).state])
 

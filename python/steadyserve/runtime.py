@@ -9,6 +9,7 @@ a thin transport over a Runtime.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -18,15 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .backends.onnx import OnnxBackend
 from .errors import (
     ConfigError,
+    FailedPreconditionError,
     NotFoundError,
     PermissionDeniedError,
     SteadyServeError,
     UnavailableError,
 )
 from .faults import Fault, FaultInjector
+from .lifecycle.manager import ModelManager
 from .model import InferResult, ServableModel
 from .monitoring.drift import DriftCollector
 from .monitoring.metrics import CoreCollector, Metrics, SloCollector
@@ -39,6 +41,10 @@ from .serving.dispatch import Dispatcher
 MAX_REQUESTS = 16384
 
 log = logging.getLogger("steadyserve.runtime")
+
+MODEL_CONTROL_MODES = ("none", "explicit", "poll")
+# The index's reason for a model on disk that nobody asked to load (explicit mode).
+NOT_LOADED = "not loaded"
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,8 @@ class Runtime:
         allow_fault_injection: bool = False,
         allow_inline: bool = True,
         all_versions: bool = False,
+        model_control: str = "none",
+        poll_s: float = 15.0,
         clock: Callable[[], float] = time.monotonic,
     ):
         """``clock`` (seconds, monotonic) drives the circuit breakers' windows and
@@ -70,7 +78,24 @@ class Runtime:
         ``allow_inline`` False runs every model on executor threads, ``execution:
         inline`` ones on their one instance's thread: for callers that run no Python
         per request (the native gRPC frontend), which therefore cannot drive inline
-        execution."""
+        execution.
+
+        ``all_versions`` serves every version found on disk, whatever a model's
+        ``versions`` says (``steadyserve evaluate`` scores them all).
+
+        ``model_control`` is Triton's model control mode: "none" (the repository is
+        read once; load_model and unload_model are refused), "explicit" (they are
+        allowed; ``models`` names what loads at start), "poll" (the repository is
+        re-read every ``poll_s`` seconds: new, changed and removed models are loaded,
+        reloaded and unloaded; load_model and unload_model are refused)."""
+        if model_control not in MODEL_CONTROL_MODES:
+            raise ConfigError(
+                f"model control mode {model_control!r}: expected one of "
+                + ", ".join(MODEL_CONTROL_MODES)
+            )
+        if not poll_s > 0:
+            raise ConfigError(f"poll_s must be > 0 seconds, got {poll_s!r}")
+        self.model_control = model_control
         self.repository = Path(repository)
         self.metrics = metrics if metrics is not None else Metrics()
         DriftCollector.register(self)  # drift gauges, read from the models at scrape time
@@ -84,7 +109,7 @@ class Runtime:
         self.allow_inline = allow_inline
         self.all_versions = all_versions
         sources = scan_repository(self.repository)
-        wanted = None if models is None else list(models)
+        wanted = None if models is None or "*" in models else list(models)
         if wanted is not None:
             missing = [m for m in wanted if m not in sources]
             if missing:
@@ -92,81 +117,30 @@ class Runtime:
                     f"repository {self.repository}: no model named {', '.join(missing)} "
                     f"(found: {', '.join(sorted(sources)) or 'none'})"
                 )
+        self.warmup = warmup
         self.dispatcher = Dispatcher(MAX_REQUESTS)
         self.core = self.dispatcher.core
         self.router = Router(
             self, self.core, on_change=self._circuit_changed, metrics=self.metrics, clock=clock
         )
+        self.lifecycle = ModelManager(self)
         for name in sorted(sources):
             if wanted is None or name in wanted:
-                self._load(sources[name], warmup)
+                self._load_at_start(sources[name])
+            else:
+                self._index[(name, "")] = ModelIndexEntry(name, "", "UNAVAILABLE", NOT_LOADED)
         self._check_backups(sources)
+        if model_control == "poll":
+            self.lifecycle.start_polling(poll_s)
 
-    def _load(self, source, warmup: bool) -> None:
+    def _load_at_start(self, source) -> None:
         if source.config is not None:
             # Before loading: a model that fails to load (bad file, no version) still
             # has its backup answer for it.
             self.router.configure(source.name, source.config)
-        if source.error is not None or source.config is None:
-            reason = source.error or "no configuration"
-            log.error("model failed to load", extra={"model": source.name, "reason": reason})
-            self.core.set_unavailable(source.name, reason)
-            self._index[(source.name, "")] = ModelIndexEntry(source.name, "", "UNAVAILABLE", reason)
-            return
-        if not self.allow_inline and source.config.execution == "inline":
-            log.info(
-                "execution: inline runs on one executor thread here: no Python runs per "
-                "request to drive it (allow_inline=False, as with the native gRPC frontend)",
-                extra={"model": source.name},
-            )
-        numbers = sorted(source.versions) if self.all_versions else source.selected_versions()
-        for number in numbers:
-            version = str(number)
-            path = source.versions[number]
-            started = time.monotonic()
-            try:
-                backend = OnnxBackend.load(path, source.config.onnxruntime)
-                try:
-                    model = ServableModel(
-                        source.name,
-                        version,
-                        source.config,
-                        backend,
-                        self.dispatcher,
-                        faults=FaultInjector(source.name) if self.allow_fault_injection else None,
-                    )
-                    model.executor.on_batch = self.router.record_batch
-                    model.start(
-                        warmup=warmup and source.config.onnxruntime.warmup,
-                        allow_inline=not self.allow_fault_injection,
-                        threads_only=not self.allow_inline,
-                    )
-                    if self.allow_inline and model.config.execution != "threads":
-                        self.dispatcher.inline.append(model.executor)
-                    self.core.add_model(model.core_model)
-                    self.metrics.model_ready.labels(source.name, version).set(1)
-                except BaseException:
-                    backend.close()
-                    raise
-            except SteadyServeError as error:
-                log.error(
-                    "model version failed to load",
-                    extra={"model": source.name, "version": version, "reason": str(error)},
-                )
-                self._index[(source.name, version)] = ModelIndexEntry(
-                    source.name, version, "UNAVAILABLE", str(error)
-                )
-                continue
-            self._models.setdefault(source.name, {})[version] = model
-            self._index[(source.name, version)] = ModelIndexEntry(source.name, version, "READY")
-            log.info(
-                "model ready",
-                extra={
-                    "model": source.name,
-                    "version": version,
-                    "load_s": round(time.monotonic() - started, 3),
-                },
-            )
+        # A failure is logged and in the index with its reason; the other models load.
+        with contextlib.suppress(SteadyServeError):
+            self.lifecycle.load(source.name, startup=True)
 
     def _check_backups(self, sources) -> None:
         """Refuse (mark UNAVAILABLE) a model whose backup chain is broken: an unknown
@@ -194,15 +168,10 @@ class Runtime:
             else:
                 problem = _default_output_mismatch(self._latest(name))
             if problem is not None:
-                reason = f"{source.directory / 'config.yaml'}: {problem}"
+                path = getattr(source, "config_path", None) or source.directory / "config.yaml"
+                reason = f"{path}: {problem}"
                 log.error("failover configuration refused", extra={"model": name, "reason": reason})
-                self.core.set_unavailable(name, reason)
-                for version, model in self._models.pop(name).items():
-                    model.close()
-                    self.metrics.model_ready.labels(name, version).set(0)
-                    self._index[(name, version)] = ModelIndexEntry(
-                        name, version, "UNAVAILABLE", reason
-                    )
+                self.lifecycle.refuse(name, reason)
 
     def _latest(self, name: str) -> ServableModel:
         versions = self._models[name]
@@ -210,6 +179,7 @@ class Runtime:
 
     def _circuit_changed(self, model: str, previous: str, state: str, why: str) -> None:
         self.metrics.circuit_changed(model, state)
+        self.lifecycle.circuit_changed(model, state, why)
 
     def failover_report(self) -> dict:
         """Circuit states, backup chains and failover counts."""
@@ -258,15 +228,53 @@ class Runtime:
         return [m for name in sorted(self._models) for _, m in sorted(self._models[name].items())]
 
     def ready(self) -> bool:
-        """True when every model found in the repository is serving."""
+        """True when every model asked for (all of the repository, or those named or
+        loaded since) is serving."""
         if self._closed:
             return False
-        entries = self._index.values()
-        return (
-            bool(entries)
-            and all(e.state == "READY" for e in entries)
-            and all(m.ready for m in self.models())
+        wanted = self.lifecycle.wanted
+        if not wanted and self.model_control != "explicit":
+            return False  # an empty repository serves nothing
+        return all(name in self._models for name in wanted) and all(
+            m.ready for m in self.models()
         )
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def _allow(self, operation: str, modes: tuple[str, ...] = ("explicit",)) -> None:
+        if self.model_control not in modes:
+            raise FailedPreconditionError(
+                f"{operation} is refused in model control mode '{self.model_control}': "
+                f"it needs mode {' or '.join(repr(m) for m in modes)} (steadyserve serve "
+                f"--model-control-mode {modes[0]})"
+            )
+
+    def load_model(self, name: str, *, config: str | None = None) -> None:
+        """Load a model, or reload it if it serves (explicit mode). ``config`` replaces
+        its config file for this load: the config as JSON, in config.yaml's schema.
+        Returns when the new version serves; raises, changing nothing that serves,
+        when it cannot (a bad file, a failed warm-up, a broken backup chain, the gate)."""
+        self._allow("loading a model")
+        self.lifecycle.load(name, config_override=config)
+
+    def unload_model(self, name: str) -> None:
+        """Stop serving a model (explicit mode): what it admitted is still answered."""
+        self._allow("unloading a model")
+        self.lifecycle.unload(name)
+
+    def rollback(self, name: str) -> dict:
+        """Serve the versions the last promotion replaced again (kept loaded for this)."""
+        self._allow("a rollback", ("explicit", "poll"))
+        restored = self.lifecycle.rollback(name, "command", "requested")
+        return {"model": name, "versions": sorted(restored.models, key=int)}
+
+    def lifecycle_report(self, name: str) -> dict:
+        """What serves, what is kept for rollback, probation, the gate's last scores."""
+        return self.lifecycle.report(name)
+
+    def shadow_report(self, name: str) -> dict:
+        """Agreement of the shadow version with the live one (config: shadow)."""
+        return self.lifecycle.shadow_report(name)
 
     # ----------------------------------------------------------------- inference
 
@@ -372,6 +380,7 @@ class Runtime:
             if self._closed:
                 return
             self._closed = True
+        self.lifecycle.close()
         for model in self.models():
             model.close(timeout)
             self.metrics.model_ready.labels(model.name, model.version).set(0)

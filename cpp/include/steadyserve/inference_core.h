@@ -69,7 +69,14 @@ class InferenceCore {
   ~InferenceCore();
 
   // --- control plane
-  void AddModel(std::shared_ptr<ModelCore> model);  // its version becomes routable once ready
+  // Its version becomes routable once ready; one already there under the same version is
+  // replaced (a reload): requests admitted to the old one stay with it.
+  void AddModel(std::shared_ptr<ModelCore> model);
+  // Takes a version out of routing (unloaded, or no longer selected) if it is still
+  // `expected` (nullptr: whichever it is). Requests already admitted to it stay with
+  // it: Python drains it after this returns. Once this returns no request reaches
+  // it, since admission happens under the table's shared lock. True when removed.
+  bool RemoveModel(const std::string& name, const std::string& version, const ModelCore* expected);
   // The model's failover settings (backup may be empty).
   void SetRoute(const std::string& name, const std::string& backup, bool on_deadline_miss,
                 std::vector<DefaultOutput> defaults);
@@ -133,6 +140,7 @@ class InferenceCore {
   Entry* EntryLocked(const std::string& name) const;
   Entry* GetOrAddLocked(const std::string& name);
   void RebuildChainsLocked();
+  static void LatestLocked(Entry* e);  // e->latest from e->versions
   // Walks r's chain from r->link. True: queued; false: r is answered (error or default).
   bool Route(Request* r);
   void Note(Request* r, Entry* e, SkipReason reason, const std::string& detail);

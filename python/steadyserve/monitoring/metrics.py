@@ -85,6 +85,56 @@ class Metrics:
             registry=r,
         )
 
+        # Shadow traffic (lifecycle.shadow.ShadowMirror); version is the shadow version.
+        self.shadow_rows = Counter(
+            "steadyserve_shadow_rows",
+            "Rows of mirrored batches compared with the live answer, by whether the shadow "
+            "version agreed (result=agree|disagree).",
+            [*labels, "result"],
+            registry=r,
+        )
+        self.shadow_batches = Counter(
+            "steadyserve_shadow_batches",
+            "Live batches sampled for the shadow version, by outcome (compared, failed: the "
+            "shadow version raised, dropped_busy: the live model had requests waiting, "
+            "dropped_queue_full: too many mirrored batches pending, discarded: pending when "
+            "the mirror stopped).",
+            [*labels, "outcome"],
+            registry=r,
+        )
+        self.shadow_agreement = Gauge(
+            "steadyserve_shadow_agreement_ratio",
+            "Share of compared rows on which the shadow version agreed with the live one, "
+            "while the mirror runs.",
+            labels,
+            registry=r,
+        )
+
+        self.model_loads = Counter(
+            "steadyserve_model_loads",
+            "Loads and reloads of a model, by outcome: loaded (serving), failed (a file, "
+            "the config, the warm-up or the backup chain was wrong; what served goes on), "
+            "rejected (the evaluation gate refused the candidate).",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.model_load_seconds = Histogram(
+            "steadyserve_model_load_duration_seconds",
+            "Time from a load request to the new version serving: sessions loaded and "
+            "warmed up, gate passed, swapped in.",
+            ["model"],
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+            registry=r,
+        )
+        self.model_rollbacks = Counter(
+            "steadyserve_model_rollbacks",
+            "Rollbacks to the version a promotion replaced, by trigger: command, "
+            "probation_failures (failed batches in probation), probation_circuit (its "
+            "circuit opened in probation).",
+            ["model", "trigger"],
+            registry=r,
+        )
+
     def circuit_changed(self, model: str, state: str) -> None:
         self.circuit_state.labels(model).set({"closed": 0, "half_open": 1, "open": 2}[state])
         self.circuit_transitions.labels(model, state).inc()

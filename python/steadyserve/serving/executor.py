@@ -64,6 +64,8 @@ class Executor:
         self._inline_lock = threading.Lock()
         # Called as (model name, ok, requests, reason) once per executed batch.
         self.on_batch = None
+        # A lifecycle.shadow.ShadowMirror offered each successful batch, or None.
+        self.shadow = None
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -90,7 +92,7 @@ class Executor:
     def stop(self, timeout: float | None) -> None:
         """After the core stopped accepting: run what is queued, join the threads."""
         if self.inline:
-            self.drain()
+            self.drain(wait=True)
         deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self._threads:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
@@ -125,9 +127,12 @@ class Executor:
                 return
             self._run_guarded(batch, context)
 
-    def drain(self) -> None:
-        """Inline execution: run every batch that is ready now, in this thread."""
-        if not self._inline_lock.acquire(blocking=False):
+    def drain(self, wait: bool = False) -> None:
+        """Inline execution: run every batch that is ready now, in this thread.
+
+        ``wait`` (at stop): wait for a thread draining now to finish instead of
+        leaving the rest to it, so that nothing runs once this returns."""
+        if not self._inline_lock.acquire(blocking=wait):
             return  # another thread is draining: it takes what is ready
         try:
             core = self._core
@@ -214,6 +219,9 @@ class Executor:
         if error is None:
             if on_batch is not None:
                 on_batch(model.name, True, batch.requests, None)
+            shadow = self.shadow
+            if shadow is not None:  # before complete: the feeds are views of the batch buffer
+                shadow.offer(feeds, values, batch.rows)
             core.complete(batch.buffer, produced, timings)
         else:
             if on_batch is not None:
