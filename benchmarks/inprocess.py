@@ -455,9 +455,7 @@ def main() -> None:
     def rng(sp: dict | None, fmt: str = "{:.2f}") -> str:
         if not sp:
             return "-"
-        return (
-            f"{fmt.format(sp['median'])} [{fmt.format(sp['min'])}-{fmt.format(sp['max'])}]"
-        )
+        return f"{fmt.format(sp['median'])} [{fmt.format(sp['min'])}-{fmt.format(sp['max'])}]"
 
     for m in results:
         s = m["summary"]
@@ -478,8 +476,7 @@ def main() -> None:
             sizes = sorted(int(b) for b in m["ort_at_batch_sizes"])
             picks = sorted({sizes[0], sizes[-1], *(b for b in sizes if b & (b - 1) == 0)})
             txt = ", ".join(
-                f"{b}: {m['ort_at_batch_sizes'][str(b)]['run_us_median']:.0f} µs"
-                for b in picks
+                f"{b}: {m['ort_at_batch_sizes'][str(b)]['run_us_median']:.0f} µs" for b in picks
             )
             print(f"\nraw ORT {m['model']} run time by batch size: {txt}")
 

@@ -550,3 +550,27 @@ def test_hung_batch_whose_callers_gave_up_still_counts_against_the_circuit(runti
         time.sleep(0.02)
     assert circuit(rt) == OPEN
     rt.clear_fault("main")
+
+
+def test_an_inline_backup_drained_before_its_primary_still_answers(tmp_path):
+    """Inline models run on the submitting thread, in load order (by name): the backup
+    'a' is drained before its primary 'b' fails, and must be drained again."""
+    root = tmp_path / "repo"
+    inline = {"execution": "inline", "batching": {"max_queue_delay_us": 0}}
+    make_repo(
+        root,
+        {"a": linear(2), "b": linear(1)},
+        configs={
+            "a": inline,
+            "b": {
+                **inline,
+                "backup": "a",
+                "failover": {"output_checks": [{"name": "y", "max": -1000.0}]},
+            },
+        },
+    )
+    with steadyserve.Runtime(root) as rt:
+        assert rt.get_model("a").inline and rt.get_model("b").inline
+        result = rt.infer("b", {"x": X}, timeout=T)
+        assert result.model_name == "a"
+        np.testing.assert_allclose(result["y"], expected(2), rtol=1e-5)

@@ -360,11 +360,11 @@ def test_failures_in_probation_roll_back(repo, runtime):
     add_version(repo, "m", 2, seed=2)
     rt.load_model("m")
     rt.inject_fault("m", "error", version="2")
-    failed = 0
-    for _ in range(2):
-        with pytest.raises(SteadyServeError):
-            rt.infer("m", {"x": X}, timeout=T)
-        failed += 1
+    with pytest.raises(SteadyServeError):
+        rt.infer("m", {"x": X}, timeout=T)
+    assert rt.model_versions("m") == ["2"]  # one failure of the two allowed
+    with pytest.raises(SteadyServeError):
+        rt.infer("m", {"x": X}, timeout=T)
     wait_for(lambda: rt.model_versions("m") == ["1"], "the rollback to version 1")
     assert which(rt.infer("m", {"x": X})["y"], [1, 2]) == 1
     assert (
@@ -397,8 +397,10 @@ def test_an_open_circuit_in_probation_rolls_back(tmp_path, runtime):
     assert rt.infer("m", {"x": X}, timeout=T).model_name == "b"  # the backup answered
     # Rolled back, and the circuit closed again once version 2 has drained.
     wait_for(
-        lambda: rt.model_versions("m") == ["1"]
-        and rt.failover_report()["circuits"]["m"]["state"] == "closed",
+        lambda: (
+            rt.model_versions("m") == ["1"]
+            and rt.failover_report()["circuits"]["m"]["state"] == "closed"
+        ),
         "the rollback to version 1",
     )
     result = rt.infer("m", {"x": X}, timeout=T)
@@ -440,3 +442,123 @@ def test_poll_mode_follows_the_repository(repo, runtime):
     wait_for(lambda: not rt.model_versions("n"), "model n unloaded")
     with pytest.raises(UnavailableError, match="unloaded"):
         rt.infer("n", {"x": X})
+
+
+# -- the evaluation gate -------------------------------------------------------------
+
+
+def shuffled_copy(source, target, seed: int = 0) -> None:
+    """The model at ``source`` with the rows of its weight matrix shuffled: the same
+    signature, degraded answers."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(source))
+    for i, init in enumerate(model.graph.initializer):
+        if init.name == "W":
+            w = numpy_helper.to_array(init).copy()
+            np.random.default_rng(seed).shuffle(w)
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(w, "W"))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(target))
+
+
+@pytest.fixture
+def gated(tmp_path):
+    """A classifier (3 class scores) whose holdout labels are its own argmax: version 1
+    scores accuracy 1.0; the gate wants 0.9 and at most 0.02 worse than live."""
+    root = tmp_path / "repo"
+    make_repo(root, {"m": functools.partial(write_linear, seed=1)})
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((400, 4)).astype(np.float32)
+    labels = np.argmax(expected(1, x), axis=1)
+    np.savez(root / "m" / "holdout.npz", x=x, label=labels)
+    write_config(
+        root,
+        "m",
+        {
+            "evaluation": {"data": "holdout.npz", "output": "y"},
+            "gate": {"rules": [{"metric": "accuracy", "min": 0.9, "max_regression": 0.02}]},
+        },
+    )
+    return root
+
+
+def test_the_gate_keeps_a_degraded_model_out(gated, runtime):
+    rt = runtime(gated)
+    assert rt.lifecycle_report("m")["evaluation"]["metrics"]["accuracy"] == 1.0
+    shuffled_copy(gated / "m" / "1" / "model.onnx", gated / "m" / "2" / "model.onnx")
+    with pytest.raises(FailedPreconditionError, match="version 2 not promoted") as info:
+        rt.load_model("m")
+    assert "accuracy" in str(info.value) and "min 0.9" in str(info.value)
+    assert rt.model_versions("m") == ["1"]
+    assert which(rt.infer("m", {"x": X})["y"], [1]) == 1
+    states = {e.version: (e.state, e.reason) for e in rt.model_index()}
+    assert states["1"] == ("READY", "")
+    assert states["2"][0] == "UNAVAILABLE" and "not promoted" in states["2"][1]
+    assert metric(rt, "steadyserve_model_loads_total", model="m", outcome="rejected") == 1
+    # A good candidate (the same weights as version 1) passes and serves.
+    add_version(gated, "m", 3, seed=1)
+    rt.load_model("m")
+    assert rt.model_versions("m") == ["3"]
+    assert rt.lifecycle_report("m")["evaluation"]["version"] == "3"
+
+
+def test_the_gate_refuses_a_regression_against_the_live_version(gated, runtime):
+    rule = {"metric": "accuracy", "max_regression": 0.02}
+    config = yaml.safe_load((gated / "m" / "config.yaml").read_text())
+    config["gate"]["rules"] = [rule]
+    write_config(gated, "m", config)
+    rt = runtime(gated)
+    add_version(gated, "m", 2, seed=2)  # other weights: far below version 1's 1.0
+    with pytest.raises(FailedPreconditionError, match="worse than the live version's 1.0000"):
+        rt.load_model("m")
+    assert rt.model_versions("m") == ["1"]
+    # A new holdout set: the live version is scored again on it before the comparison.
+    x = np.load(gated / "m" / "holdout.npz")["x"]
+    np.savez(gated / "m" / "holdout.npz", x=x, label=np.argmax(expected(2, x), axis=1))
+    rt.load_model("m")
+    assert rt.model_versions("m") == ["2"]
+    assert rt.lifecycle_report("m")["evaluation"]["metrics"]["accuracy"] == 1.0
+
+
+# -- shadow traffic through the config ---------------------------------------------
+
+
+def test_a_shadow_version_from_config_mirrors_and_reports(repo, runtime):
+    add_version(repo, "m", 2, seed=1)  # the same weights: agrees on every row
+    add_version(repo, "m", 3, seed=2)  # other weights
+    write_config(repo, "m", {"versions": [1], "shadow": {"version": 2, "fraction": 1.0}})
+    rt = runtime(repo)
+    for _ in range(5):
+        assert which(rt.infer("m", {"x": X})["y"], [1]) == 1
+    wait_for(lambda: rt.shadow_report("m")["rows"]["compared"] == 10, "5 batches compared")
+    report = rt.shadow_report("m")
+    assert (report["live_version"], report["shadow_version"], report["agreement"]) == (
+        "1",
+        "2",
+        1.0,
+    )
+    # A reload with another shadow version replaces the mirror; none stops it.
+    write_config(repo, "m", {"versions": [1], "shadow": {"version": 3, "fraction": 1.0}})
+    rt.load_model("m")
+    assert rt.shadow_report("m")["shadow_version"] == "3"
+    write_config(repo, "m", {"versions": [1]})
+    rt.load_model("m")
+    with pytest.raises(NotFoundError, match="no shadow version"):
+        rt.shadow_report("m")
+    assert not [t for t in threading.enumerate() if t.name.startswith("steadyserve-shadow")]
+
+
+def test_a_shadow_version_that_cannot_mirror_fails_the_load(repo, runtime):
+    rt = runtime(repo)
+    target = repo / "m" / "2" / "model.onnx"
+    target.parent.mkdir()
+    write_linear(target, n_in=5, seed=2)
+    write_config(repo, "m", {"versions": [1], "shadow": {"version": 2}})
+    with pytest.raises(ConfigError, match="shadow"):
+        rt.load_model("m")
+    write_config(repo, "m", {"versions": [1], "shadow": {"version": 9}})
+    with pytest.raises(ConfigError, match="no such version"):
+        rt.load_model("m")
+    assert which(rt.infer("m", {"x": X})["y"], [1]) == 1

@@ -4,8 +4,9 @@ Wire compatibility means: same package, message names, field names, numbers,
 types, labels, message/enum type names and oneof membership, same enum values,
 same service and method names with the same request/response types. Every
 message we define is compared with tritonclient's, nested ones included;
-messages of model_config.proto may leave fields out (a subset of Triton's
-ModelConfig), grpc_predict_v2.proto messages must match exactly.
+grpc_predict_v2.proto messages must match exactly, and model_config.proto
+declares every field that Triton's ModelConfig reaches (config.pbtxt files are
+parsed with it, steadyserve/triton_config.py).
 
 Descriptor pools: this module compiles protos/ with grpc_tools.protoc into a
 FileDescriptorSet and loads it into a private ``DescriptorPool``. It never
@@ -40,6 +41,8 @@ METHODS = [
     "ModelConfig",
     "ModelStatistics",
     "RepositoryIndex",
+    "RepositoryModelLoad",
+    "RepositoryModelUnload",
 ]
 
 
@@ -183,6 +186,29 @@ def test_model_config_subset_has_the_fields_we_fill(ours) -> None:
         "TYPE_FP32",
         "TYPE_INT64",
     }
+
+
+def test_model_config_declares_every_triton_field(ours) -> None:
+    """config.pbtxt files are parsed with our ModelConfig: every field Triton defines, in
+    every message reachable from it, must be there, or a real Triton file fails to parse."""
+    problems = []
+    todo, seen = ["inference.ModelConfig"], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        theirs = _triton(name)
+        try:
+            mine = ours.FindMessageTypeByName(name)
+        except KeyError:
+            problems.append(f"{name}: not declared")
+            continue
+        missing = sorted(set(theirs.fields_by_name) - set(mine.fields_by_name))
+        if missing:
+            problems.append(f"{name}: fields missing {missing}")
+        todo.extend(f.message_type.full_name for f in theirs.fields if f.message_type)
+    assert not problems, "\n".join(problems)
 
 
 def test_service_matches_triton(ours) -> None:

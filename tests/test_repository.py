@@ -164,3 +164,89 @@ def test_invalid_name_message_states_the_rule():
         validate_model_name("../secrets")
     message = str(info.value)
     assert "'../secrets'" in message and "A-Z a-z 0-9 _ . -" in message and "'..'" in message
+
+
+def test_latest_versions_selects_the_newest_n(tmp_path):
+    make_repo(
+        tmp_path,
+        {"m": write_identity},
+        configs={"m": {"latest_versions": 2}},
+        versions=(1, 3, 10),
+    )
+    assert scan_repository(tmp_path)["m"].selected_versions() == [3, 10]
+    (tmp_path / "m" / "config.yaml").write_text("latest_versions: 5\n")  # more than there are
+    assert scan_repository(tmp_path)["m"].selected_versions() == [1, 3, 10]
+
+
+def test_model_filename_names_the_version_file(tmp_path):
+    make_repo(tmp_path, {"m": write_identity}, configs={"m": {"model_filename": "net.onnx"}})
+    touch_model(tmp_path / "m" / "2" / "net.onnx")
+    src = scan_repository(tmp_path)["m"]
+    assert src.versions == {2: tmp_path / "m" / "2" / "net.onnx"}  # 1 has only model.onnx
+    assert src.config_path == tmp_path / "m" / "config.yaml"
+    (tmp_path / "m" / "2" / "net.onnx").unlink()
+    src = scan_repository(tmp_path)["m"]
+    assert src.versions == {}
+    assert src.error == (
+        f"no version directories with net.onnx under {tmp_path / 'm'} "
+        f"(expected e.g. {tmp_path / 'm' / '1' / 'net.onnx'})"
+    )
+
+
+def test_config_path_is_none_without_a_config_file(tmp_path):
+    make_repo(tmp_path, {"m": write_identity})
+    src = scan_repository(tmp_path)["m"]
+    assert src.config_path is None and src.error is None and src.selected_versions() == [1]
+
+
+@pytest.fixture
+def outside(tmp_path):
+    """A model directory outside the repository, for symlinks to point at."""
+    make_repo(tmp_path / "elsewhere", {"stray": write_identity})
+    return tmp_path / "elsewhere" / "stray"
+
+
+def test_symlinks_out_of_the_repository_are_skipped(tmp_path, outside, caplog):
+    repo = tmp_path / "repo"
+    make_repo(repo, {"good": write_identity, "linked_version": write_identity})
+    make_repo(repo, {"linked_file": write_identity})
+    (repo / "escaped").symlink_to(outside, target_is_directory=True)
+    (repo / "linked_version" / "2").symlink_to(outside / "1", target_is_directory=True)
+    (repo / "linked_file" / "1" / "model.onnx").unlink()
+    (repo / "linked_file" / "1" / "model.onnx").symlink_to(outside / "1" / "model.onnx")
+    with caplog.at_level(logging.WARNING, logger="steadyserve.repository"):
+        models = scan_repository(repo)
+    assert sorted(models) == ["good", "linked_file", "linked_version"]
+    assert sorted(models["linked_version"].versions) == [1]
+    assert models["linked_file"].versions == {} and "no version directories" in (
+        models["linked_file"].error
+    )
+    logged = caplog.text
+    for path in (
+        repo / "escaped",
+        repo / "linked_version" / "2",
+        repo / "linked_file" / "1" / "model.onnx",
+    ):
+        assert f"skipping {path}: it is a symlink to" in logged
+    assert "outside the model repository" in logged
+
+
+def test_symlinks_inside_the_repository_are_followed(tmp_path, caplog):
+    make_repo(tmp_path, {"good": write_identity}, versions=(1, 2))
+    (tmp_path / "alias").symlink_to(tmp_path / "good", target_is_directory=True)
+    (tmp_path / "good" / "3").symlink_to(tmp_path / "good" / "2", target_is_directory=True)
+    with caplog.at_level(logging.WARNING, logger="steadyserve.repository"):
+        models = scan_repository(tmp_path)
+    assert sorted(models) == ["alias", "good"]
+    assert sorted(models["good"].versions) == [1, 2, 3]
+    assert models["alias"].versions[1] == tmp_path / "alias" / "1" / "model.onnx"
+    assert caplog.text == ""
+
+
+def test_repository_root_reached_through_a_symlink(tmp_path, caplog):
+    make_repo(tmp_path / "real", {"m": write_identity})
+    (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)
+    (tmp_path / "real" / "n").symlink_to(tmp_path / "real" / "m", target_is_directory=True)
+    with caplog.at_level(logging.WARNING, logger="steadyserve.repository"):
+        models = scan_repository(tmp_path / "link")
+    assert sorted(models) == ["m", "n"] and caplog.text == ""

@@ -285,8 +285,8 @@ def test_unimplemented_method(server):
     with grpc.insecure_channel(server.grpc) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         with pytest.raises(grpc.RpcError) as err:
-            stub.RepositoryModelLoad(
-                service_pb2.RepositoryModelLoadRequest(model_name="x"), timeout=T
+            stub.SystemSharedMemoryStatus(
+                service_pb2.SystemSharedMemoryStatusRequest(name="x"), timeout=T
             )
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
 

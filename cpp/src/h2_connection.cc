@@ -129,6 +129,7 @@ struct Bucket {
     tokens -= 1;
     return true;
   }
+  void Refund(uint32_t n) { tokens = std::min(burst, tokens + n); }
 };
 
 }  // namespace
@@ -681,6 +682,7 @@ void H2Connection::Impl::OnNewStream(uint32_t id, bool end_stream, bool too_larg
   active_.push_back(s);  // ids only grow: the table stays sorted
   if (!end_stream) LinkRead(s);
   ++stats.streams_opened;
+  control_.Refund(limits.control_frames_per_stream);
 
   StreamStart start;
   start.stream_id = id;

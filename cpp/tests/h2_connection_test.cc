@@ -1046,6 +1046,36 @@ TEST(PingsRefillOverTime) {
   CHECK(!h.Send(s));
 }
 
+// A busy client on one connection (grpcio: a WINDOW_UPDATE and now and then a PING
+// with every answer) is never taken for a flood: its calls pay for its control frames.
+TEST(ControlFramesThatRideOnCallsAreNoFlood) {
+  ConnectionLimits l;
+  l.control_frame_burst = 100;
+  l.control_frames_per_s = 1;  // no refill to speak of: only the calls earn tokens
+  Ready h(l);
+  for (uint32_t i = 0; i < 2000; ++i) {
+    const uint32_t id = 2 * i + 1;
+    std::string s = h.Headers(id, GrpcRequest(), false) + DataFrame(id, Msg("x"), true);
+    s += WindowFrame(0, 100) + WindowFrame(0, 100) + WindowFrame(0, 100) + PingFrame(1);
+    CHECK(h.Send(s));
+    CHECK(h.conn->Finish(id, 0, ""));
+    h.Read();
+  }
+  // More control frames per call than a call earns: the bucket empties in the end.
+  bool refused = false;
+  for (uint32_t i = 2000; i < 2200 && !refused; ++i) {
+    const uint32_t id = 2 * i + 1;
+    std::string s = h.Headers(id, GrpcRequest(), false) + DataFrame(id, Msg("x"), true);
+    for (int k = 0; k < 6; ++k) s += PingFrame(2);
+    refused = !h.Send(s);
+    if (!refused) {
+      CHECK(h.conn->Finish(id, 0, ""));
+      h.Read();
+    }
+  }
+  CHECK(refused);
+}
+
 TEST(SettingsFlood) {
   Ready h;
   std::string s;

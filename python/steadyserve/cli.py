@@ -1,4 +1,5 @@
-"""The ``steadyserve`` command: ``serve``, ``fit``, ``drift`` and ``version``.
+"""The ``steadyserve`` command: ``serve``, ``fit``, ``evaluate``, ``drift``, ``fault`` and
+``version``.
 
 Exit codes: 0 success, 1 failure while running, 2 bad usage or missing dependency;
 ``drift`` exits 3 when it flags a feature (see its help).
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -150,6 +152,38 @@ def build_parser() -> argparse.ArgumentParser:
         "only: the native frontend sheds overload in the core at the door",
     )
 
+    lifecycle = serve.add_argument_group("model lifecycle")
+    lifecycle.add_argument(
+        "--model-control-mode",
+        choices=("none", "explicit", "poll"),
+        default="none",
+        help="none: read the repository once; explicit: load and unload models by request "
+        "(tritonclient load_model/unload_model, POST /v2/repository/models/M/load); poll: "
+        "re-read the repository every --repository-poll-secs, loading new, changed and "
+        "removed models (default %(default)s)",
+    )
+    lifecycle.add_argument(
+        "--load-model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="explicit mode: a model to load at start (repeat it; '*' loads all)",
+    )
+    lifecycle.add_argument(
+        "--repository-poll-secs",
+        type=float,
+        default=15.0,
+        metavar="S",
+        help="poll mode: seconds between scans of the repository (default %(default)s)",
+    )
+    lifecycle.add_argument(
+        "--management-token",
+        metavar="TOKEN",
+        default=os.environ.get("STEADYSERVE_MANAGEMENT_TOKEN"),
+        help="load, unload and rollback need 'authorization: Bearer TOKEN' "
+        "(default: $STEADYSERVE_MANAGEMENT_TOKEN; unset: no token needed)",
+    )
+
     serve.add_argument(
         "--workers",
         type=int,
@@ -187,6 +221,46 @@ def build_parser() -> argparse.ArgumentParser:
         "(default %(default)s; edges at the reference's quantiles)"
     )  # fmt: skip
     fit.add_argument("--version", type=int, metavar="N", help="model version (default: latest)")
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="score every version of a model, and its backups, on a holdout set",
+        description="Load MODEL from REPO in this process (every version on disk, and the "
+        "models of its backup chain), run the holdout set through each version and each "
+        "backup's serving version, and print their metrics side by side: accuracy, "
+        "precision, recall, F1 and ROC AUC for classification; MAE, RMSE and R² for "
+        "regression. The holdout set is .npz (an array per model input and a label array) "
+        "or .csv (a header row, the label column and the features, for a model with one "
+        "FP32 [batch, features] input).",
+        epilog="Exit codes: 0 everything was scored; 1 a version or backup could not be "
+        "scored (it failed to load, or failed on the holdout set: the table says why); 2 bad "
+        "usage or data (no holdout set, a file that does not fit the model).",
+    )
+    evaluate.add_argument("repo", metavar="REPO", help="model repository directory")
+    evaluate.add_argument("model", metavar="MODEL", help="model name")
+    evaluate.add_argument(
+        "--data",
+        metavar="PATH",
+        help="the holdout set, .npz or .csv (default: the model's evaluation.data, relative "
+        "to REPO/MODEL)",
+    )
+    evaluate.add_argument(
+        "--label",
+        metavar="NAME",
+        help="npz array or csv column of the labels (default: evaluation.label, 'label')",
+    )
+    evaluate.add_argument(
+        "--output",
+        metavar="NAME",
+        help="the output to score (default: evaluation.output, else the model's first output)",
+    )
+    evaluate.add_argument(
+        "--task",
+        choices=("auto", "classification", "regression"),
+        help="default: evaluation.task ('auto': integer labels with class scores or "
+        "classes are classification)",
+    )
+    evaluate.add_argument("--json", action="store_true", help="print the results as JSON")
 
     drift = sub.add_parser(
         "drift",
@@ -226,6 +300,28 @@ def build_parser() -> argparse.ArgumentParser:
     fault.add_argument("--version", metavar="N", help="model version (default: latest)")
     fault.add_argument("--timeout", type=float, default=10.0, help="seconds (default %(default)s)")
 
+    rollback = sub.add_parser(
+        "rollback",
+        help="serve again the versions a served model's last promotion replaced",
+        description="Roll MODEL back on a running server to the versions its last reload "
+        "replaced (the server keeps them loaded for this). Posts to the server's HTTP port.",
+        epilog="Exit codes: 0 rolled back; 1 refused (nothing to roll back to, model control "
+        "mode, token) or the server could not be reached; 2 bad usage.",
+    )
+    rollback.add_argument("model", metavar="MODEL", help="model name")
+    rollback.add_argument(
+        "--url", required=True, metavar="HOST:PORT", help="the server's HTTP port (not gRPC)"
+    )
+    rollback.add_argument(
+        "--token",
+        metavar="TOKEN",
+        default=os.environ.get("STEADYSERVE_MANAGEMENT_TOKEN"),
+        help="the server's --management-token (default: $STEADYSERVE_MANAGEMENT_TOKEN)",
+    )
+    rollback.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds (default %(default)s)"
+    )
+
     sub.add_parser("version", help="print the steadyserve version")
     return parser
 
@@ -248,6 +344,11 @@ _FLAG_OF = {
     "grpc_fd": "--grpc-fd",
     "http_fd": "--http-fd",
     "reuse_port": "--reuse-port",
+    "model_control_mode": "--model-control-mode",
+    "load_models": "--load-model",
+    "repository_poll_s": "--repository-poll-secs",
+    "management_token": "--management-token",
+    "workers": "--workers",
 }
 
 # Limits a --workers supervisor passes on to each worker as they were given.
@@ -351,6 +452,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             grpc_fd=args.grpc_fd,
             http_fd=args.http_fd,
             reuse_port=args.reuse_port,
+            model_control_mode=args.model_control_mode,
+            load_models=tuple(args.load_model),
+            repository_poll_s=args.repository_poll_secs,
+            management_token=args.management_token,
+            workers=args.workers,
         )
     except ValidationError as exc:
         problems = "; ".join(
@@ -419,6 +525,8 @@ def _serve_workers(args: argparse.Namespace, repo: Path, settings) -> int:
             argv.append("--reuse-port")
         if settings.allow_fault_injection:
             argv.append("--allow-fault-injection")
+        argv += ["--model-control-mode", settings.model_control_mode]
+        argv += ["--repository-poll-secs", str(settings.repository_poll_s)]
         for field in _WORKER_LIMITS:
             value = getattr(settings, field)
             if value is not None:
@@ -491,6 +599,197 @@ def _stats_table(names: list[str], stats: dict) -> str:
             f"{stats['missing_rate'][i]:>8.2%}"
         )
     return "\n".join(lines)
+
+
+# Seconds one evaluation request may take. Explicit, so that a model's own default
+# deadline (slo) neither refuses a holdout chunk nor sends it to the backup.
+EVALUATE_TIMEOUT_S = 600.0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .errors import SteadyServeError
+
+    repo = _repository_path(args.repo)
+    _check_onnxruntime()
+    logger = logging.getLogger("steadyserve")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)  # versions that fail to load are rows of the table
+    try:
+        report = _evaluate_repository(repo, args)
+    except SteadyServeError as exc:
+        print(f"{PROG} evaluate: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        logger.setLevel(level)
+    if args.json:
+        import json
+
+        print(json.dumps(report, indent=2))
+    else:
+        from .evaluation import format_table
+
+        def title(r: dict) -> str:
+            name = f"{r['model']} v{r['version']}" if r["version"] else r["model"]
+            return f"backup {name}" if r["role"] == "backup" else name
+
+        outputs = sorted({r["output"] for r in report["results"] if "output" in r})
+        print(
+            f"model '{report['model']}', holdout {report['data']}: {report['rows']} rows, "
+            f"task {report['task']}" + (f", output '{', '.join(outputs)}'" if outputs else "")
+        )
+        print(format_table([(title(r), r) for r in report["results"]]))
+    return 1 if any("error" in r for r in report["results"]) else 0
+
+
+def _evaluate_repository(repo: Path, args: argparse.Namespace) -> dict:
+    """Evaluate every version of args.model and the serving version of each backup.
+
+    The backups load as they would serve. The model's versions load one at a time
+    (newest first), each alone in place of the last, with its config but no gate,
+    probation or shadow (this scores, it promotes nothing): a model's versions load
+    together or not at all, so one broken version would otherwise take the rest down.
+    """
+    import json
+
+    from .errors import InvalidArgumentError, SteadyServeError
+    from .evaluation import NEEDS_BATCHING, check_holdout_path, evaluate, load_holdout
+    from .repository import scan_repository
+    from .runtime import Runtime
+
+    sources = scan_repository(repo)
+    source = sources.get(args.model)
+    if source is None:
+        raise UsageError(
+            f"repository {repo} has no model '{args.model}' "
+            f"(models: {', '.join(sources) or 'none'})"
+        )
+    if source.config is None:
+        raise UsageError(f"model '{args.model}' cannot be evaluated: {source.error}")
+    settings = source.config.evaluation
+    if args.data:
+        data = Path(args.data).expanduser()
+    elif settings.data:
+        data = source.directory / settings.data
+    else:
+        config_path = getattr(source, "config_path", None) or source.directory / "config.yaml"
+        raise UsageError(
+            f"no holdout set: pass --data FILE, or set evaluation.data in {config_path}"
+        )
+    try:
+        check_holdout_path(data)
+    except InvalidArgumentError as exc:
+        raise UsageError(str(exc)) from None
+    label = args.label or settings.label
+    output = args.output or settings.output
+    task = args.task or settings.task
+
+    chain: list[str] = []  # a broken chain makes the model fail to load: its rows say so
+    link = source.config.backup
+    while link and link != args.model and link not in chain and link in sources:
+        chain.append(link)
+        config = sources[link].config
+        link = config.backup if config is not None else None
+
+    override = source.config.model_dump(mode="json", exclude_unset=True)
+    for key in ("gate", "probation", "shadow"):
+        override.pop(key, None)
+    # Queue caps per level do not matter here, and JSON cannot give their integer keys.
+    override.get("slo", {}).pop("priority_queues", None)
+    holdouts: dict[tuple, object] = {}
+
+    def holdout_for(model):
+        key = tuple(model.inputs)
+        if key not in holdouts:
+            try:
+                holdouts[key] = load_holdout(data, model.inputs, label)
+            except InvalidArgumentError as exc:
+                holdouts[key] = exc
+        return holdouts[key]
+
+    def scored(rt, name: str, version: str, role: str, reference: bool = False) -> dict:
+        row: dict = {"model": name, "version": version, "role": role}
+        try:
+            model = rt.get_model(name, version)
+            if model.max_batch_size < 1:
+                raise InvalidArgumentError(NEEDS_BATCHING)
+            holdout = holdout_for(model)
+            if isinstance(holdout, InvalidArgumentError):
+                if reference:  # the data does not fit the model's newest version
+                    raise UsageError(str(holdout))
+                raise holdout
+            infer = _exact_infer(rt, name, version)
+            max_rows = model.max_batch_size
+            row.update(evaluate(infer, holdout, output=output, task=task, max_rows=max_rows))
+        except SteadyServeError as exc:
+            row.update(error=str(exc), metrics={})
+        return row
+
+    def failed(name: str, version: str, role: str, why: object) -> dict:
+        why = f"failed to load: {why}"
+        return {"model": name, "version": version, "role": role, "error": why, "metrics": {}}
+
+    own: list[dict] = []
+    backups: list[dict] = []
+    # Executor threads, not inline execution: a batch that fails over to an inline backup
+    # loaded before the model is never drained by the submitting thread (it would hang).
+    with Runtime(repo, models=chain, model_control="explicit", allow_inline=False) as rt:
+        if not source.versions:
+            own.append(failed(args.model, "", "version", source.error))
+        reference = True  # until a version loads
+        for number in sorted(source.versions, reverse=True):
+            version = str(number)
+            try:
+                rt.load_model(args.model, config=json.dumps({**override, "versions": [number]}))
+            except SteadyServeError as exc:
+                own.append(failed(args.model, version, "version", exc))
+                continue
+            own.append(scored(rt, args.model, version, "version", reference))
+            reference = False
+        index = rt.model_index()
+        for backup in chain:
+            loaded = rt.model_versions(backup)
+            if loaded:
+                backups.append(scored(rt, backup, loaded[-1], "backup"))
+                continue
+            reasons = [e.reason for e in index if e.name == backup and e.reason]
+            serving = sources[backup].selected_versions()
+            version = str(serving[-1]) if serving else ""
+            backups.append(failed(backup, version, "backup", reasons[0] if reasons else "?"))
+    results = sorted(own, key=lambda r: int(r["version"] or 0)) + backups
+    ok = [r for r in results if "error" not in r]
+    loaded_holdouts = [h for h in holdouts.values() if not isinstance(h, Exception)]
+    return {
+        "model": args.model,
+        "data": str(data),
+        "task": ok[0]["task"] if ok else task,
+        "rows": loaded_holdouts[0].rows if loaded_holdouts else None,
+        "results": results,
+    }
+
+
+def _exact_infer(rt, name: str, version: str):
+    """infer(inputs) -> outputs of exactly this version: an answer from elsewhere (a
+    backup or a default output, after this version failed) is an error."""
+
+    def infer(inputs: dict) -> dict:
+        from .errors import ModelFailureError
+
+        result = rt.infer(name, inputs, version=version, timeout=EVALUATE_TIMEOUT_S)
+        params = result.parameters
+        if params.get("failover") or (result.model_name, result.model_version) != (name, version):
+            by = (
+                "its default output"
+                if params.get("default_output")
+                else f"'{result.model_name}' version {result.model_version}"
+            )
+            why = params.get("failover_reason") or "failover"
+            raise ModelFailureError(
+                f"model '{name}' version {version} failed on the holdout set; {by} answered "
+                f"instead ({why})"
+            )
+        return result.outputs
+
+    return infer
 
 
 class _FetchError(Exception):
@@ -595,12 +894,62 @@ def _drift_text(report: dict) -> str:
     return "\n".join(out)
 
 
-def _cmd_fault(args: argparse.Namespace) -> int:
+def _post_json(command: str, url: str, body: dict, timeout: float, token: str | None = None):
+    """POST ``body`` to a server's HTTP port: its JSON answer, or None after printing
+    why it failed (refused, or unreachable)."""
     import http.client
     import json
     import urllib.error
-    import urllib.parse
     import urllib.request
+
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        try:
+            reason = json.loads(exc.read()).get("error") or exc.reason
+        except ValueError:
+            reason = exc.reason
+        print(f"{PROG} {command}: refused (HTTP {exc.code}): {reason}", file=sys.stderr)
+        return None
+    except http.client.HTTPException:
+        print(f"{PROG} {command}: error: cannot reach {url}: {NOT_HTTP_PORT}", file=sys.stderr)
+        return None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        why = getattr(exc, "reason", exc)
+        print(
+            f"{PROG} {command}: error: cannot reach {url}: {why} "
+            "(is the server up, and is --url its HTTP port?)",
+            file=sys.stderr,
+        )
+        return None
+
+
+def _base_url(url: str) -> str:
+    return (url if "://" in url else f"http://{url}").rstrip("/")
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    import urllib.parse
+
+    if not args.timeout > 0:
+        raise UsageError(f"--timeout must be > 0 seconds; got {args.timeout}")
+    name = urllib.parse.quote(args.model, safe="")
+    url = f"{_base_url(args.url)}/v2/repository/models/{name}/rollback"
+    answer = _post_json("rollback", url, {}, args.timeout, args.token)
+    if answer is None:
+        return 1
+    print(f"model '{args.model}' rolled back: serving versions {', '.join(answer['versions'])}")
+    return 0
+
+
+def _cmd_fault(args: argparse.Namespace) -> int:
+    import urllib.parse
 
     if not args.timeout > 0:
         raise UsageError(f"--timeout must be > 0 seconds; got {args.timeout}")
@@ -608,35 +957,14 @@ def _cmd_fault(args: argparse.Namespace) -> int:
         raise UsageError("fault 'slow' needs --delay-ms N (N > 0 ms added to each execution)")
     if args.kind != "slow" and args.delay_ms:
         raise UsageError("--delay-ms only makes sense with the fault 'slow'")
-    base = (args.url if "://" in args.url else f"http://{args.url}").rstrip("/")
+    base = _base_url(args.url)
     path = f"/v2/models/{urllib.parse.quote(args.model, safe='')}"
     if args.version:
         path += f"/versions/{urllib.parse.quote(str(args.version), safe='')}"
     url = f"{base}{path}/fault"
-    body = json.dumps({"kind": args.kind, "delay_ms": args.delay_ms}).encode()
-    request = urllib.request.Request(
-        url, data=body, method="POST", headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=args.timeout) as response:
-            answer = json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            reason = json.loads(exc.read()).get("error") or exc.reason
-        except ValueError:
-            reason = exc.reason
-        print(f"{PROG} fault: refused (HTTP {exc.code}): {reason}", file=sys.stderr)
-        return 1
-    except http.client.HTTPException:
-        print(f"{PROG} fault: error: cannot reach {url}: {NOT_HTTP_PORT}", file=sys.stderr)
-        return 1
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        why = getattr(exc, "reason", exc)
-        print(
-            f"{PROG} fault: error: cannot reach {url}: {why} "
-            "(is the server up, and is --url its HTTP port?)",
-            file=sys.stderr,
-        )
+    body = {"kind": args.kind, "delay_ms": args.delay_ms}
+    answer = _post_json("fault", url, body, args.timeout)
+    if answer is None:
         return 1
     print(answer.get("message", answer))
     return 0
@@ -653,7 +981,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from .errors import BackendUnavailableError, SteadyServeError
 
-    commands = {"serve": _cmd_serve, "fit": _cmd_fit, "drift": _cmd_drift, "fault": _cmd_fault}
+    commands = {
+        "serve": _cmd_serve,
+        "fit": _cmd_fit,
+        "evaluate": _cmd_evaluate,
+        "drift": _cmd_drift,
+        "fault": _cmd_fault,
+        "rollback": _cmd_rollback,
+    }
     try:
         return commands[args.command](args)
     except UsageError as exc:

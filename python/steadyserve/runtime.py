@@ -235,9 +235,7 @@ class Runtime:
         wanted = self.lifecycle.wanted
         if not wanted and self.model_control != "explicit":
             return False  # an empty repository serves nothing
-        return all(name in self._models for name in wanted) and all(
-            m.ready for m in self.models()
-        )
+        return all(name in self._models for name in wanted) and all(m.ready for m in self.models())
 
     # ----------------------------------------------------------------- lifecycle
 

@@ -60,6 +60,10 @@ struct ConnectionLimits {
   // this rate; a peer that empties it gets GOAWAY(ENHANCE_YOUR_CALM).
   uint32_t control_frame_burst = 2000;
   uint32_t control_frames_per_s = 1000;
+  // Each stream the peer opens earns this many back (up to the burst): a client
+  // making many calls on one connection sends WINDOW_UPDATEs and PINGs in step with
+  // them (grpcio does, for every answer), which is work it pays for with calls.
+  uint32_t control_frames_per_stream = 4;
   // Rapid reset: streams the peer opens and resets before we answer, the
   // same kind of bucket; over it GOAWAY(ENHANCE_YOUR_CALM).
   uint32_t reset_burst = 1000;

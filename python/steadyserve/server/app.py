@@ -47,6 +47,7 @@ from .grpc_service import (
     add_inference_service,
     server_version,
 )
+from .management import TOKEN_HEADER, Management
 from .ports import StartupError, check_free, hostport, listen_socket
 from .settings import ServerSettings
 
@@ -61,10 +62,53 @@ __all__ = ["Server", "StartupError", "run", "serve"]  # StartupError lives in po
 # Error code (errors.*.grpc_code) -> HTTP status on the side port.
 _HTTP_STATUS = {
     "INVALID_ARGUMENT": 400,
+    "UNAUTHENTICATED": 401,
     "PERMISSION_DENIED": 403,
     "NOT_FOUND": 404,
+    "FAILED_PRECONDITION": 409,
     "UNAVAILABLE": 503,
 }
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler):
+    """aiohttp's own refusals (no such path, wrong method) as JSON like every other
+    error here: V2 clients parse the body of any answer."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _http_error(exc.status, f"{exc.reason}: {request.method} {request.path}")
+
+
+def _http_error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+async def _json_body(request: web.Request, default):
+    """The request's JSON body (``default`` when empty), or a 400 response saying why."""
+    if not request.can_read_body:
+        return default
+    try:
+        return await request.json()
+    except ValueError as exc:
+        return _http_error(400, f"body is not JSON: {exc}")
+
+
+async def _answer(function, *args):
+    # On a thread: a report waits for the lifecycle lock a load may hold for seconds.
+    return await asyncio.to_thread(function, *args)
+
+
+async def _http_call(call) -> web.Response:
+    """Await ``call``; its result as JSON (``{}`` for None), a SteadyServeError as
+    ``{"error": ...}`` with the status its gRPC code maps to."""
+    try:
+        result = await call
+    except SteadyServeError as exc:
+        return _http_error(_HTTP_STATUS.get(exc.grpc_code, 500), str(exc))
+    return web.json_response(result if result is not None else {})
 
 
 def _client_host(host: str) -> str:
@@ -80,7 +124,8 @@ class Server:
         self.settings = settings
         self.grpc_port: int | None = None
         self.http_port: int | None = None
-        self._servicer = InferenceServicer(runtime)
+        self.management = Management(runtime, settings.management_token, settings.workers)
+        self._servicer = InferenceServicer(runtime, self.management)
         self._health = health.aio.HealthServicer()
         self._grpc: grpc.aio.Server | None = None
         self._native = None  # _core.GrpcFrontend
@@ -179,7 +224,7 @@ class Server:
 
     async def _start_http(self) -> None:
         s = self.settings
-        app = web.Application()
+        app = web.Application(middlewares=[_json_errors])
         app.router.add_get("/v2/health/live", self._http_live)
         app.router.add_get("/v2/health/ready", self._http_ready)
         app.router.add_get("/v2/models/{name}/ready", self._http_model_ready)
@@ -187,6 +232,12 @@ class Server:
         app.router.add_get("/v2/models/{name}/drift", self._http_model_drift)
         app.router.add_get("/v2/models/{name}/versions/{version}/drift", self._http_model_drift)
         app.router.add_get("/metrics", self._http_metrics)
+        app.router.add_post("/v2/repository/index", self._http_repository_index)
+        app.router.add_post("/v2/repository/models/{name}/load", self._http_load)
+        app.router.add_post("/v2/repository/models/{name}/unload", self._http_unload)
+        app.router.add_post("/v2/repository/models/{name}/rollback", self._http_rollback)
+        app.router.add_get("/v2/models/{name}/lifecycle", self._http_lifecycle)
+        app.router.add_get("/v2/models/{name}/shadow", self._http_shadow)
         app.router.add_get("/v2/failover", self._http_failover)
         app.router.add_post("/v2/models/{name}/fault", self._http_fault)
         app.router.add_post("/v2/models/{name}/versions/{version}/fault", self._http_fault)
@@ -324,6 +375,56 @@ class Server:
                 "message": f"model '{name}': fault {what}",
             }
         )
+
+    # -- model repository (Triton's REST forms, and steadyserve's rollback) ---------------
+
+    async def _http_repository_index(self, request: web.Request) -> web.Response:
+        body = await _json_body(request, default={})
+        if isinstance(body, web.Response):
+            return body
+        ready_only = bool(body.get("ready", False)) if isinstance(body, dict) else False
+        return web.json_response(
+            [
+                {"name": e.name, "version": e.version, "state": e.state, "reason": e.reason}
+                for e in self.runtime.model_index()
+                if not ready_only or e.state == "READY"
+            ]
+        )
+
+    async def _http_load(self, request: web.Request) -> web.Response:
+        body = await _json_body(request, default={})
+        if isinstance(body, web.Response):
+            return body
+        parameters = body.get("parameters", {}) if isinstance(body, dict) else None
+        if not isinstance(parameters, dict):
+            return _http_error(400, 'expected a JSON object {"parameters": {"config": "..."}}')
+        name = request.match_info["name"]
+        credential = request.headers.get(TOKEN_HEADER)
+        return await _http_call(self.management.load(name, parameters, credential))
+
+    async def _http_unload(self, request: web.Request) -> web.Response:
+        body = await _json_body(request, default={})
+        if isinstance(body, web.Response):
+            return body
+        parameters = body.get("parameters", {}) if isinstance(body, dict) else None
+        if not isinstance(parameters, dict):
+            return _http_error(400, 'expected a JSON object {"parameters": {...}}')
+        name = request.match_info["name"]
+        credential = request.headers.get(TOKEN_HEADER)
+        return await _http_call(self.management.unload(name, parameters, credential))
+
+    async def _http_rollback(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        credential = request.headers.get(TOKEN_HEADER)
+        return await _http_call(self.management.rollback(name, credential))
+
+    async def _http_lifecycle(self, request: web.Request) -> web.Response:
+        """What serves, what is kept for rollback, probation, the gate's last scores."""
+        return await _http_call(_answer(self.runtime.lifecycle_report, request.match_info["name"]))
+
+    async def _http_shadow(self, request: web.Request) -> web.Response:
+        """The shadow version's agreement with the live one (config: shadow)."""
+        return await _http_call(_answer(self.runtime.shadow_report, request.match_info["name"]))
 
     async def _http_metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self.runtime.metrics.registry)
@@ -473,8 +574,11 @@ async def serve(
     # execution: every model runs on executor threads.
     runtime = Runtime(
         repository,
+        models=settings.load_models if settings.model_control_mode == "explicit" else None,
         allow_fault_injection=settings.allow_fault_injection,
         allow_inline=settings.frontend != "native",
+        model_control=settings.model_control_mode,
+        poll_s=settings.repository_poll_s,
     )
     if settings.allow_fault_injection:
         log.warning(

@@ -22,7 +22,14 @@ from google.protobuf import message as _pb_message
 from google.protobuf import message_factory
 
 from .._proto import grpc_predict_v2_pb2 as pb
-from ..errors import InvalidArgumentError, NotFoundError, SteadyServeError, UnavailableError
+from ..errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    SteadyServeError,
+    UnavailableError,
+)
+from .management import TOKEN_HEADER, parameter_value
 from .status import abort_with, status_of
 
 log = logging.getLogger("steadyserve.server")
@@ -30,7 +37,13 @@ log = logging.getLogger("steadyserve.server")
 SERVICE_NAME = "inference.GRPCInferenceService"
 SERVER_NAME = "steadyserve"
 # Triton's names for the protocol extensions this server implements.
-EXTENSIONS = ("model_configuration", "statistics", "parameters", "schedule_policy")
+EXTENSIONS = (
+    "model_configuration",
+    "model_repository",
+    "statistics",
+    "parameters",
+    "schedule_policy",
+)
 BACKEND = "onnxruntime"
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
@@ -72,8 +85,9 @@ def _has_field(message, field: str) -> bool:
 class InferenceServicer:
     """Handlers of ``inference.GRPCInferenceService`` over a ``Runtime``."""
 
-    def __init__(self, runtime):
+    def __init__(self, runtime, management=None):
         self._runtime = runtime
+        self._management = management  # server.management.Management (None: refused)
         self._stopping = False
 
     def begin_shutdown(self) -> None:
@@ -165,6 +179,30 @@ class InferenceServicer:
                 reason=entry.reason or "",
             )
         return response
+
+    async def RepositoryModelLoad(self, request, context):
+        management = self._manager()
+        params = {k: parameter_value(v) for k, v in request.parameters.items()}
+        await management.load(request.model_name, params, _credential(context))
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request, context):
+        management = self._manager()
+        params = {k: parameter_value(v) for k, v in request.parameters.items()}
+        await management.unload(request.model_name, params, _credential(context))
+        return pb.RepositoryModelUnloadResponse()
+
+    def _manager(self):
+        if self._management is None:
+            raise FailedPreconditionError("model management is not served here")
+        return self._management
+
+
+def _credential(context) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == TOKEN_HEADER:
+            return value if isinstance(value, str) else value.decode("latin-1")
+    return None
 
 
 def fill_model_config(config, model) -> None:

@@ -71,6 +71,26 @@ class ServerSettings(BaseModel):
         "anything on them. Small values keep latency SLOs under overload but refuse "
         "bursts larger than the server takes in at once",
     )
+    # -- model lifecycle ------------------------------------------------------------------
+    model_control_mode: Literal["none", "explicit", "poll"] = Field(
+        default="none",
+        description="none: the repository is read once at start; explicit: models load and "
+        "unload by request (RepositoryModelLoad/Unload, POST /v2/repository/models/{m}/load); "
+        "poll: the repository is re-read every repository_poll_s",
+    )
+    load_models: tuple[str, ...] = Field(
+        default=(),
+        description="explicit mode: the models loaded at start ('*' = all; none: nothing)",
+    )
+    repository_poll_s: float = Field(
+        default=15.0, gt=0.0, le=86400.0, description="poll mode: seconds between scans"
+    )
+    management_token: str | None = Field(
+        default=None,
+        min_length=8,
+        description="when set, load, unload and rollback need 'authorization: Bearer <token>'",
+    )
+    workers: int = Field(default=1, ge=1, le=64, description="server processes (--workers)")
     allow_fault_injection: bool = Field(
         default=False,
         description="accept POST /v2/models/{name}/fault (drills and tests); off in production",
@@ -95,6 +115,18 @@ class ServerSettings(BaseModel):
     # as they are instead of binding host:port.
     grpc_fd: int | None = Field(default=None, ge=0)
     http_fd: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _lifecycle(self) -> ServerSettings:
+        if self.load_models and self.model_control_mode != "explicit":
+            raise ValueError("load_models needs model_control_mode explicit")
+        if self.model_control_mode == "explicit" and self.workers > 1:
+            # A load request reaches one worker: the others would serve the old version.
+            raise ValueError(
+                "model_control_mode explicit needs workers 1: a load request would reach one "
+                "worker of several; use model_control_mode poll with workers"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_frontend(self) -> ServerSettings:

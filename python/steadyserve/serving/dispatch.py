@@ -66,9 +66,14 @@ class Dispatcher:
         return c
 
     def run_inline(self) -> None:
-        for executor in self.inline:
-            if executor.inline:
-                executor.drain()
+        # Until nothing ran: a failed batch sends its requests on to the backup, which
+        # may be an inline model drained earlier in this pass.
+        ran = True
+        while ran:
+            ran = False
+            for executor in list(self.inline):
+                if executor.inline and executor.drain():
+                    ran = True
 
     def _drain_soon(self, completions: LoopCompletions) -> None:
         # Scheduled after a submit on the loop: every request that reached the loop in the

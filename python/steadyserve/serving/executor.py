@@ -127,20 +127,23 @@ class Executor:
                 return
             self._run_guarded(batch, context)
 
-    def drain(self, wait: bool = False) -> None:
-        """Inline execution: run every batch that is ready now, in this thread.
+    def drain(self, wait: bool = False) -> int:
+        """Inline execution: run every batch that is ready now, in this thread; how
+        many ran.
 
         ``wait`` (at stop): wait for a thread draining now to finish instead of
         leaving the rest to it, so that nothing runs once this returns."""
         if not self._inline_lock.acquire(blocking=wait):
-            return  # another thread is draining: it takes what is ready
+            return 0  # another thread is draining: it takes what is ready
+        ran = 0
         try:
             core = self._core
             while True:
                 batch = core.next_batch(0)
                 if batch is None or isinstance(batch, str):
-                    return
+                    return ran
                 self._run_guarded(batch, self._inline_context)
+                ran += 1
         finally:
             self._inline_lock.release()
 

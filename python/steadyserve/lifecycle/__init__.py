@@ -1,0 +1,1 @@
+"""Version lifecycle: evaluation gate, shadow traffic, probation and rollback."""
