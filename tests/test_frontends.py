@@ -465,3 +465,21 @@ def test_sigterm_tells_watchers_and_drains(tmp_path, launch):
         rc = proc.wait()
     assert rc == 0, proc.stderr()[-4000:]
     assert time.monotonic() - t0 < 15
+
+
+def test_many_sequential_calls_on_one_channel(server):
+    """grpcio sends a WINDOW_UPDATE (and now and then a PING) with every answer it
+    reads: thousands of calls one after another on one channel are no flood, and
+    the connection is never closed under them. (``fixed`` does not batch: no queue
+    delay per call.)"""
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    request = service_pb2.ModelInferRequest(model_name="fixed")
+    tensor = request.inputs.add(name="x", datatype="FP32", shape=[2, 3])
+    tensor.contents.fp32_contents.extend(x.ravel().tolist())
+    with grpc.insecure_channel(server.grpc) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for i in range(6000):
+            answer = stub.ModelInfer(request, timeout=T)
+            if i % 1000 == 0:
+                got = np.frombuffer(answer.raw_output_contents[0], "<f4").reshape(2, 3)
+                np.testing.assert_array_equal(got, 2 * x)

@@ -562,3 +562,22 @@ def test_a_shadow_version_that_cannot_mirror_fails_the_load(repo, runtime):
     with pytest.raises(ConfigError, match="no such version"):
         rt.load_model("m")
     assert which(rt.infer("m", {"x": X})["y"], [1]) == 1
+
+
+def test_a_refitted_stats_file_is_reloaded(repo, runtime):
+    """A contract that scales its input with the stats file: refitting it changes the
+    answers after a reload, on the same model file and version."""
+    from steadyserve.features.fit import fit_model
+
+    write_config(repo, "m", {"inputs": [{"name": "x", "contract": {"scaling": "standard"}}]})
+    rng = np.random.default_rng(3)
+    fit_model(repo / "m", {"x": rng.standard_normal((500, 4)).astype(np.float32)})
+    rt = runtime(repo)
+    before = rt.infer("m", {"x": X})["y"]
+    fit_model(repo / "m", {"x": 5 + 3 * rng.standard_normal((500, 4)).astype(np.float32)})
+    rt.load_model("m")
+    after = rt.infer("m", {"x": X})
+    assert after.model_version == "1"
+    assert not np.allclose(before, after["y"])
+    rt.rollback("m")  # back to the scaling it had
+    np.testing.assert_allclose(rt.infer("m", {"x": X})["y"], before, rtol=1e-6)

@@ -582,7 +582,11 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         )
     for note in result.notes:
         print(f"note: {note}")
-    print(f"\nwrote {result.path} (restart the server to use it)")
+    print(
+        f"\nwrote {result.path} (a server in poll mode reloads the model by itself; in "
+        f"explicit mode, load it again: tritonclient load_model or POST "
+        f"/v2/repository/models/{result.model}/load)"
+    )
     return 0
 
 
