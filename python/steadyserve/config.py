@@ -683,7 +683,12 @@ class ModelConfig(_Section):
 # --- loading ---------------------------------------------------------------------------
 
 
-class _Loader(yaml.SafeLoader):
+# libyaml's parser where PyYAML has it: a reload parses configs while the server
+# serves, and the pure-Python parser holds the GIL for milliseconds per file.
+_YAML_BASE = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_YAML_BASE):
     """SafeLoader that refuses duplicate keys: PyYAML silently keeps the last one,
     which hides exactly the kind of edit mistake a config error should catch."""
 

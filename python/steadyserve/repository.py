@@ -97,6 +97,21 @@ def scan_repository(root: Path | str) -> dict[str, ModelSource]:
     return models
 
 
+def scan_model(root: Path | str, name: str) -> ModelSource | None:
+    """The one model directory ``root/name`` as ``scan_repository`` would find it, or
+    None when there is none (a reload reads its own model only)."""
+    validate_model_name(name)
+    root = Path(root)
+    if not root.is_dir():
+        what = "does not exist" if not root.exists() else "is not a directory"
+        raise ConfigError(f"model repository {root} {what}")
+    directory = root / name
+    inside = _Inside(root)
+    if not directory.is_dir() or not inside(directory):
+        return None
+    return _scan_model(directory, inside)
+
+
 class _Inside:
     """Whether a path stays inside the repository root; warns about one that does not.
 
@@ -178,4 +193,4 @@ def _scan_model(directory: Path, inside: _Inside) -> ModelSource:
     return ModelSource(directory.name, directory, config, error, versions, config_path)
 
 
-__all__ = ["ModelSource", "scan_repository", "validate_model_name"]
+__all__ = ["ModelSource", "scan_model", "scan_repository", "validate_model_name"]

@@ -43,7 +43,7 @@ from ..errors import (
 )
 from ..faults import FaultInjector
 from ..model import ServableModel
-from ..repository import ModelSource, scan_repository, validate_model_name
+from ..repository import ModelSource, scan_model, scan_repository, validate_model_name
 from ..serving.dispatch import Dispatcher
 
 if TYPE_CHECKING:
@@ -239,12 +239,11 @@ class ModelManager:
     # ----------------------------------------------------------------- building
 
     def _scan(self, name: str, config_override: str | None) -> ModelSource:
-        sources = scan_repository(self.root)
-        source = sources.get(name)
+        source = scan_model(self.root, name)
         if source is None:
+            found = sorted(scan_repository(self.root))
             raise NotFoundError(
-                f"no model '{name}' in repository {self.root} "
-                f"(found: {', '.join(sorted(sources)) or 'none'})"
+                f"no model '{name}' in repository {self.root} (found: {', '.join(found) or 'none'})"
             )
         if config_override is not None:
             source = _with_config(source, config_override)
