@@ -179,7 +179,7 @@ class Runtime:
 
     def _circuit_changed(self, model: str, previous: str, state: str, why: str) -> None:
         self.metrics.circuit_changed(model, state)
-        self.lifecycle.circuit_changed(model, state, why)
+        self.lifecycle.probation.circuit_changed(model, state, why)
 
     def failover_report(self) -> dict:
         """Circuit states, backup chains and failover counts."""

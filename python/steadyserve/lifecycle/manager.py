@@ -17,8 +17,9 @@ The generation a promotion replaced is kept (sessions open, executors stopped)
 so that a rollback is a swap, not a load: by command, or automatically when the
 new version fails within its probation window (``probation`` in config).
 
-Every operation runs under one lock, on the caller's thread; rollbacks that
-executor threads or the router trigger run on this manager's own thread.
+Every operation runs under one lock, on the caller's thread; automatic rollbacks
+run on the probation watch's thread (probation.py); the gate scores candidates on
+a private core (gate.py).
 """
 
 from __future__ import annotations
@@ -26,15 +27,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import queue
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..backends.onnx import OnnxBackend
-from ..config import METRICS, ModelConfig
+from ..config import ModelConfig
 from ..errors import (
     ConfigError,
     FailedPreconditionError,
@@ -44,48 +42,20 @@ from ..errors import (
 from ..faults import FaultInjector
 from ..model import ServableModel
 from ..repository import ModelSource, scan_model, scan_repository, validate_model_name
-from ..serving.dispatch import Dispatcher
+from .gate import Gate
+from .generation import (
+    Generation,
+    close_backends,
+    config_path,
+    directory_fingerprint,
+    version_fingerprint,
+)
+from .probation import ProbationWatch
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
 
 log = logging.getLogger("steadyserve.lifecycle")
-
-# Requests in flight at once on the evaluation core (the gate's holdout runs).
-EVAL_MAX_REQUESTS = 256
-
-
-@dataclass
-class Generation:
-    """The versions of one model that serve (or served) together."""
-
-    name: str
-    config: ModelConfig
-    source: ModelSource
-    models: dict[str, ServableModel]  # version -> model
-    fingerprints: dict[str, str]  # version -> what its files and config looked like
-    directory_fingerprint: str = ""
-    evaluation: dict | None = None  # the gate's scores of the latest version
-    promoted_at: float = field(default_factory=time.monotonic)
-
-    @property
-    def latest(self) -> ServableModel:
-        return self.models[max(self.models, key=int)]
-
-    def backends(self) -> set[int]:
-        return {id(m.backend) for m in self.models.values()}
-
-
-@dataclass
-class Probation:
-    """A newly promoted generation on trial: failures of its new versions roll it back."""
-
-    generation: Generation
-    versions: frozenset[str]
-    until: float
-    max_failures: int
-    failures: int = 0
-    triggered: bool = False
 
 
 class ModelManager:
@@ -97,17 +67,12 @@ class ModelManager:
         self._lock = threading.RLock()
         self.live: dict[str, Generation] = {}
         self.previous: dict[str, Generation] = {}  # kept for rollback: stopped, sessions open
-        self._probation: dict[str, Probation] = {}
         self._shadows: dict[str, Any] = {}  # model -> ShadowMirror
         self.directory_seen: dict[str, str] = {}  # model -> fingerprint last acted on
         self.last_error: dict[str, str] = {}  # model -> why its last load failed
         self.wanted: set[str] = set()  # models the operator asked to serve
-        self._eval_dispatcher: Dispatcher | None = None
-        self._tasks: queue.SimpleQueue = queue.SimpleQueue()
-        self._worker = threading.Thread(
-            target=self._work, name="steadyserve-lifecycle", daemon=True
-        )
-        self._worker.start()
+        self.gate = Gate()
+        self.probation = ProbationWatch(runtime.router, self._rollback_if_live)
         self._poller: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -135,7 +100,7 @@ class ModelManager:
             try:
                 if not startup:  # at start-up, Runtime checks every chain once all loaded
                     self._check_chain(candidate)
-                self._gate(candidate, live)
+                self.gate.check(candidate, live)
                 mirror = self._prepare_shadow(candidate)
             except SteadyServeError as error:
                 self._discard(candidate, live)
@@ -146,7 +111,10 @@ class ModelManager:
             self._commit(candidate, live)
             self._attach_shadow(candidate, mirror)
             self.last_error.pop(name, None)
-            self._start_probation(candidate, live, startup)
+            if startup or live is None or name not in self.previous:
+                self.probation.end(name)
+            else:
+                self.probation.begin(candidate, live)
         seconds = time.monotonic() - started
         self.runtime.metrics.model_loads.labels(name, "loaded").inc()
         self.runtime.metrics.model_load_seconds.labels(name).observe(seconds)
@@ -182,7 +150,7 @@ class ModelManager:
             raise NotFoundError(
                 f"model '{name}' not found (models: {', '.join(self.runtime.model_names())})"
             )
-        self._probation.pop(name, None)
+        self.probation.end(name)
         self._stop_shadow(name, live)
         self.runtime.core.set_unavailable(name, reason)
         self.runtime._models.pop(name, None)
@@ -198,7 +166,7 @@ class ModelManager:
             index[(name, "")] = _entry(name, "", "UNAVAILABLE", reason)
         previous = self.previous.pop(name, None)
         if previous is not None:
-            _close_backends(previous, keep=set())
+            close_backends(previous, keep=set())
 
     def rollback(self, name: str, trigger: str = "command", why: str = "") -> Generation:
         """Serve the generation the last promotion replaced again."""
@@ -213,7 +181,7 @@ class ModelManager:
                     f"model '{name}' has no previous version kept to roll back to (it serves "
                     f"versions {', '.join(sorted(live.models, key=int))} since it was loaded)"
                 )
-            self._probation.pop(name, None)
+            self.probation.end(name)
             restored = self._rebuild(previous, live)
             self.previous.pop(name)
             self._stop_shadow(name)
@@ -305,7 +273,7 @@ class ModelManager:
                 faults=FaultInjector(name) if runtime.allow_fault_injection else None,
                 stats_cache=stats_cache,
             )
-            model.executor.on_batch = self._batch_hook(version)
+            model.executor.on_batch = self.probation.batch_hook(version)
             model.start(
                 warmup=runtime.warmup and config.onnxruntime.warmup,
                 allow_inline=not runtime.allow_fault_injection,
@@ -357,7 +325,7 @@ class ModelManager:
         while link:
             if link in seen:
                 raise ConfigError(
-                    f"{_config_path(candidate.source)}: backup chain has a cycle: "
+                    f"{config_path(candidate.source)}: backup chain has a cycle: "
                     + " -> ".join([*seen, link])
                 )
             seen.append(link)
@@ -367,7 +335,7 @@ class ModelManager:
         if backup and backup in self.live:
             problem = _signature_mismatch(latest, self.live[backup].latest)
             if problem:
-                raise ConfigError(f"{_config_path(candidate.source)}: backup: {problem}")
+                raise ConfigError(f"{config_path(candidate.source)}: backup: {problem}")
         for other in self.live.values():
             if other.name != name and other.config.backup == name:
                 problem = _signature_mismatch(other.latest, latest)
@@ -376,71 +344,6 @@ class ModelManager:
                         f"model '{name}': the new version would break the failover of "
                         f"'{other.name}', whose backup it is: {problem}"
                     )
-
-    def _gate(self, candidate: Generation, live: Generation | None) -> None:
-        """Score the candidate on the holdout set; refuse it if a rule fails."""
-        rules = candidate.config.gate.rules
-        if not rules:
-            return
-        scores = self.evaluate(candidate, candidate.latest)
-        candidate.evaluation = scores
-        baseline = None
-        if live is not None and any(r.max_regression is not None for r in rules):
-            baseline = live.evaluation
-            if baseline is None or baseline.get("data") != scores["data"]:
-                baseline = live.evaluation = self.evaluate(live, live.latest, config=live.config)
-        failures = gate_failures(rules, scores["metrics"], baseline and baseline["metrics"])
-        if failures:
-            version = candidate.latest.version
-            raise FailedPreconditionError(
-                f"model '{candidate.name}' version {version} not promoted: the gate "
-                f"refused it on {scores['data']}: " + "; ".join(failures)
-            )
-
-    def evaluate(
-        self, generation: Generation, model: ServableModel, config: ModelConfig | None = None
-    ) -> dict:
-        """Scores of ``model`` on its config's holdout set, run on a private core (the
-        live core's figures and drift windows never see the holdout)."""
-        from .. import evaluation
-
-        config = config or generation.config
-        path = generation.source.directory / str(config.evaluation.data)
-        holdout = evaluation.load_holdout(path, model.inputs, config.evaluation.label)
-        dispatcher = self._evaluation_dispatcher()
-        copy = ServableModel(
-            model.name,
-            model.version,
-            config,
-            model.backend,
-            dispatcher,
-            stats_cache=dict(model.stats_cache),
-        )
-        try:
-            copy.start(warmup=config.onnxruntime.warmup, allow_inline=False, threads_only=True)
-            dispatcher.core.add_model(copy.core_model)
-
-            def infer(feeds):
-                return dispatcher.infer(model.name, model.version, feeds).outputs
-
-            result = evaluation.evaluate(
-                infer,
-                holdout,
-                output=config.evaluation.output,
-                task=config.evaluation.task,
-                max_rows=copy.max_batch_size,
-            )
-        finally:
-            dispatcher.core.remove_model(copy.core_model)
-            copy.close(keep_backend=True)
-        result["data"] = f"{path} ({_file_print(path)})"
-        result["version"] = model.version
-        return result
-
-    def _evaluation_dispatcher(self) -> Dispatcher:
-        if self._eval_dispatcher is None:
-            self._eval_dispatcher = Dispatcher(EVAL_MAX_REQUESTS)
-        return self._eval_dispatcher
 
     # ----------------------------------------------------------------- the swap
 
@@ -478,10 +381,10 @@ class ModelManager:
             # Kept for a rollback; the one kept before it goes (minus shared sessions).
             older = self.previous.pop(name, None)
             if older is not None:
-                _close_backends(older, keep=live.backends() | candidate.backends())
+                close_backends(older, keep=live.backends() | candidate.backends())
             self.previous[name] = live
         else:
-            _close_backends(live, keep=candidate.backends())
+            close_backends(live, keep=candidate.backends())
 
     def _retire(self, generation: Generation, keep: Generation | None) -> None:
         """Drain the versions of ``generation`` that ``keep`` does not carry on."""
@@ -494,7 +397,7 @@ class ModelManager:
                 inline.remove(model.executor)
             model.close(keep_backend=True)  # sessions stay open for a rollback
         if keep is None:
-            _close_backends(generation, keep=set())
+            close_backends(generation, keep=set())
 
     def _load_failed(
         self,
@@ -522,71 +425,11 @@ class ModelManager:
             else:
                 index[(name, version)] = _entry(name, version, "UNAVAILABLE", why)
 
-    # ----------------------------------------------------------------- probation
-
-    def _start_probation(self, candidate: Generation, live: Generation | None, startup: bool):
-        window = candidate.config.probation.window_s
-        if startup or live is None or window <= 0 or candidate.name not in self.previous:
-            self._probation.pop(candidate.name, None)
-            return
-        new = frozenset(v for v, m in candidate.models.items() if m is not live.models.get(v))
-        self._probation[candidate.name] = Probation(
-            candidate,
-            new,
-            time.monotonic() + window,
-            candidate.config.probation.max_failures,
-        )
-
-    def _batch_hook(self, version: str):
-        """The executor's per-batch report: the router's breaker, then probation."""
-        router = self.runtime.router
-        probation = self._probation
-
-        def on_batch(model: str, ok: bool, requests: int, reason: str | None) -> None:
-            router.record_batch(model, ok, requests, reason)
-            if ok:
-                return
-            trial = probation.get(model)
-            if trial is None or version not in trial.versions or trial.triggered:
-                return
-            if time.monotonic() > trial.until:
-                return
-            trial.failures += 1
-            if trial.failures >= trial.max_failures:
-                trial.triggered = True
-                self._tasks.put(
-                    (
-                        model,
-                        trial.generation,
-                        "probation_failures",
-                        f"{trial.failures} failed batches of version {version} in probation "
-                        f"(max_failures {trial.max_failures}), last: {reason}",
-                    )
-                )
-
-        return on_batch
-
-    def circuit_changed(self, model: str, state: str, why: str) -> None:
-        """A circuit opened: a version in probation is rolled back."""
-        trial = self._probation.get(model)
-        if state != "open" or trial is None or trial.triggered or time.monotonic() > trial.until:
-            return
-        trial.triggered = True
-        self._tasks.put((model, trial.generation, "probation_circuit", f"circuit opened: {why}"))
-
-    def _work(self) -> None:
-        while True:
-            task = self._tasks.get()
-            if task is None:
-                return
-            model, generation, trigger, why = task
-            try:
-                with self._lock:
-                    if self.live.get(model) is not generation:
-                        continue  # replaced meanwhile: nothing to roll back from
-                    self.rollback(model, trigger, why)
-            except Exception:
-                log.exception("automatic rollback failed", extra={"model": model})
+    def _rollback_if_live(self, model: str, generation: Generation, trigger: str, why: str):
+        """A failed trial's rollback, unless ``generation`` was replaced meanwhile."""
+        with self._lock:
+            if self.live.get(model) is generation:
+                self.rollback(model, trigger, why)
 
     # ----------------------------------------------------------------- shadow
 
@@ -600,7 +443,7 @@ class ModelManager:
         number = shadow.version
         live = generation.latest
         source = generation.source
-        where = f"{_config_path(source)}: shadow.version {number}"
+        where = f"{config_path(source)}: shadow.version {number}"
         if str(number) in generation.models:
             raise ConfigError(f"{where} is a version that serves; shadow another one")
         if number not in source.versions:
@@ -691,74 +534,34 @@ class ModelManager:
             if live is None and name not in self.last_error:
                 raise NotFoundError(f"model '{name}' is not loaded")
             previous = self.previous.get(name)
-            trial = self._probation.get(name)
             return {
                 "model": name,
                 "versions": sorted(live.models, key=int) if live else [],
                 "previous_versions": sorted(previous.models, key=int) if previous else [],
-                "probation_s_left": (
-                    round(max(0.0, trial.until - time.monotonic()), 3) if trial else None
-                ),
+                "probation_s_left": self.probation.seconds_left(name),
                 "evaluation": live.evaluation if live else None,
                 "last_error": self.last_error.get(name),
             }
 
     def close(self) -> None:
         self._stop.set()
-        self._tasks.put(None)
         if self._poller is not None:
             self._poller.join(timeout=10)
-        self._worker.join(timeout=10)
+        self.probation.close()
         for name in list(self._shadows):
             self._stop_shadow(name)
         for generation in self.previous.values():
-            _close_backends(generation, keep=set())
+            close_backends(generation, keep=set())
         self.previous.clear()
 
 
 # --------------------------------------------------------------------- helpers
 
 
-def gate_failures(rules, metrics: dict, baseline: dict | None) -> list[str]:
-    """What each failed rule says; empty when the candidate passes."""
-    failures = []
-    for rule in rules:
-        value = metrics.get(rule.metric)
-        if value is None:
-            failures.append(f"{rule.metric} cannot be computed here (scores: {sorted(metrics)})")
-            continue
-        if rule.min is not None and value < rule.min:
-            failures.append(f"{rule.metric} {value:.4f} < min {rule.min:g}")
-        if rule.max is not None and value > rule.max:
-            failures.append(f"{rule.metric} {value:.4f} > max {rule.max:g}")
-        if rule.max_regression is not None and baseline is not None:
-            before = baseline.get(rule.metric)
-            if before is None:
-                continue
-            worse = (before - value) if METRICS[rule.metric] else (value - before)
-            if worse > rule.max_regression:
-                failures.append(
-                    f"{rule.metric} {value:.4f} is {worse:.4f} worse than the live version's "
-                    f"{before:.4f} (max_regression {rule.max_regression:g})"
-                )
-    return failures
-
-
 def _entry(name: str, version: str, state: str, reason: str = ""):
     from ..runtime import ModelIndexEntry
 
     return ModelIndexEntry(name, version, state, reason)
-
-
-def _close_backends(generation: Generation, keep: set[int]) -> None:
-    for model in generation.models.values():
-        if id(model.backend) not in keep:
-            model.backend.close()
-
-
-def _config_path(source: ModelSource) -> Path:
-    path = getattr(source, "config_path", None)
-    return path if path is not None else source.directory / "config.yaml"
 
 
 def _with_config(source: ModelSource, override: str) -> ModelSource:
@@ -778,38 +581,4 @@ def _with_config(source: ModelSource, override: str) -> ModelSource:
     return rescanned
 
 
-def _file_print(path: Path) -> str:
-    try:
-        st = path.stat()
-    except OSError:
-        return "missing"
-    return f"{st.st_size} bytes, mtime {st.st_mtime_ns}"
-
-
-def version_fingerprint(source: ModelSource, number: int) -> str:
-    """What one version's serving depends on: its model file, the files next to it
-    (stats), and the model's config."""
-    path = source.versions[number]
-    parts = [source.config.model_dump_json() if source.config else ""]
-    for file in sorted(path.parent.iterdir()):
-        if file.is_file():
-            parts.append(f"{file.name}:{_file_print(file)}")
-    return "|".join(parts)
-
-
-def directory_fingerprint(directory: Path) -> str:
-    """A cheap summary of a model directory (names, sizes, mtimes two levels deep): a
-    change to any file in it changes this."""
-    parts = []
-    try:
-        for entry in sorted(directory.iterdir()):
-            parts.append(f"{entry.name}:{_file_print(entry)}")
-            if entry.is_dir():
-                for sub in sorted(entry.iterdir()):
-                    parts.append(f"{entry.name}/{sub.name}:{_file_print(sub)}")
-    except OSError as exc:
-        parts.append(f"error:{exc}")
-    return "|".join(parts)
-
-
-__all__ = ["Generation", "ModelManager", "gate_failures"]
+__all__ = ["ModelManager"]
