@@ -35,10 +35,9 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..datatypes import numpy_dtype
-from ..errors import NotFoundError, SteadyServeError, UnavailableError
+from ..errors import SteadyServeError, UnavailableError
 from ..monitoring.metrics import FrontendCollector
 from .grpc_service import (
     RESPONSE_ALLOWANCE_NS,
@@ -47,7 +46,8 @@ from .grpc_service import (
     add_inference_service,
     server_version,
 )
-from .management import TOKEN_HEADER, Management
+from .http_api import HttpApi, json_errors
+from .management import Management
 from .ports import StartupError, check_free, hostport, listen_socket
 from .settings import ServerSettings
 
@@ -59,58 +59,8 @@ LAG_PROBE_S = 0.05  # how often the event loop's lag is sampled
 
 __all__ = ["Server", "StartupError", "run", "serve"]  # StartupError lives in ports.py
 
+
 # Error code (errors.*.grpc_code) -> HTTP status on the side port.
-_HTTP_STATUS = {
-    "INVALID_ARGUMENT": 400,
-    "UNAUTHENTICATED": 401,
-    "PERMISSION_DENIED": 403,
-    "NOT_FOUND": 404,
-    "FAILED_PRECONDITION": 409,
-    "UNAVAILABLE": 503,
-}
-
-
-@web.middleware
-async def _json_errors(request: web.Request, handler):
-    """aiohttp's own refusals (no such path, wrong method) as JSON like every other
-    error here: V2 clients parse the body of any answer."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return _http_error(exc.status, f"{exc.reason}: {request.method} {request.path}")
-
-
-def _http_error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
-
-
-async def _json_body(request: web.Request, default):
-    """The request's JSON body (``default`` when empty), or a 400 response saying why."""
-    if not request.can_read_body:
-        return default
-    try:
-        return await request.json()
-    except ValueError as exc:
-        return _http_error(400, f"body is not JSON: {exc}")
-
-
-async def _answer(function, *args):
-    # On a thread: a report waits for the lifecycle lock a load may hold for seconds.
-    return await asyncio.to_thread(function, *args)
-
-
-async def _http_call(call) -> web.Response:
-    """Await ``call``; its result as JSON (``{}`` for None), a SteadyServeError as
-    ``{"error": ...}`` with the status its gRPC code maps to."""
-    try:
-        result = await call
-    except SteadyServeError as exc:
-        return _http_error(_HTTP_STATUS.get(exc.grpc_code, 500), str(exc))
-    return web.json_response(result if result is not None else {})
-
-
 def _client_host(host: str) -> str:
     """Where a client on this machine should connect for a server bound to ``host``."""
     return "localhost" if host in ("0.0.0.0", "::", "") else host
@@ -126,6 +76,7 @@ class Server:
         self.http_port: int | None = None
         self.management = Management(runtime, settings.management_token, settings.workers)
         self._servicer = InferenceServicer(runtime, self.management)
+        self.http_api = HttpApi(runtime, settings, self.management, lambda: self._stopping)
         self._health = health.aio.HealthServicer()
         self._grpc: grpc.aio.Server | None = None
         self._native = None  # _core.GrpcFrontend
@@ -224,23 +175,8 @@ class Server:
 
     async def _start_http(self) -> None:
         s = self.settings
-        app = web.Application(middlewares=[_json_errors])
-        app.router.add_get("/v2/health/live", self._http_live)
-        app.router.add_get("/v2/health/ready", self._http_ready)
-        app.router.add_get("/v2/models/{name}/ready", self._http_model_ready)
-        app.router.add_get("/v2/models/{name}/versions/{version}/ready", self._http_model_ready)
-        app.router.add_get("/v2/models/{name}/drift", self._http_model_drift)
-        app.router.add_get("/v2/models/{name}/versions/{version}/drift", self._http_model_drift)
-        app.router.add_get("/metrics", self._http_metrics)
-        app.router.add_post("/v2/repository/index", self._http_repository_index)
-        app.router.add_post("/v2/repository/models/{name}/load", self._http_load)
-        app.router.add_post("/v2/repository/models/{name}/unload", self._http_unload)
-        app.router.add_post("/v2/repository/models/{name}/rollback", self._http_rollback)
-        app.router.add_get("/v2/models/{name}/lifecycle", self._http_lifecycle)
-        app.router.add_get("/v2/models/{name}/shadow", self._http_shadow)
-        app.router.add_get("/v2/failover", self._http_failover)
-        app.router.add_post("/v2/models/{name}/fault", self._http_fault)
-        app.router.add_post("/v2/models/{name}/versions/{version}/fault", self._http_fault)
+        app = web.Application(middlewares=[json_errors])
+        self.http_api.add_routes(app)
         runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()
         if s.http_fd is not None:  # the --workers supervisor's listening socket
@@ -295,140 +231,6 @@ class Server:
                 await self._refresh_health()
             except Exception:
                 log.exception("could not refresh health status")
-
-    # -- HTTP side port ------------------------------------------------------------------
-
-    async def _http_live(self, request: web.Request) -> web.Response:
-        return web.json_response({"live": True})
-
-    async def _http_ready(self, request: web.Request) -> web.Response:
-        ready = not self._stopping and bool(self.runtime.ready())
-        return web.json_response({"ready": ready}, status=200 if ready else 503)
-
-    async def _http_model_ready(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        version = request.match_info.get("version")
-        try:
-            model = self.runtime.get_model(name, version)
-        except NotFoundError as exc:
-            return web.json_response({"ready": False, "error": str(exc)}, status=404)
-        except UnavailableError as exc:
-            return web.json_response({"ready": False, "error": str(exc)}, status=503)
-        except SteadyServeError as exc:  # e.g. a malformed name
-            return web.json_response({"ready": False, "error": str(exc)}, status=400)
-        ready = not self._stopping and bool(model.ready)
-        return web.json_response({"ready": ready}, status=200 if ready else 503)
-
-    async def _http_model_drift(self, request: web.Request) -> web.Response:
-        """The model version's live drift and data-quality report (ServableModel.drift_report)."""
-        try:
-            model = self.runtime.get_model(
-                request.match_info["name"], request.match_info.get("version")
-            )
-        except NotFoundError as exc:
-            return web.json_response({"error": str(exc)}, status=404)
-        except UnavailableError as exc:
-            return web.json_response({"error": str(exc)}, status=503)
-        except SteadyServeError as exc:  # e.g. a malformed name
-            return web.json_response({"error": str(exc)}, status=400)
-        return web.json_response(model.drift_report())
-
-    async def _http_failover(self, request: web.Request) -> web.Response:
-        """Circuit states, backup chains and failover counts (Runtime.failover_report)."""
-        return web.json_response(self.runtime.failover_report())
-
-    async def _http_fault(self, request: web.Request) -> web.Response:
-        """Inject a fault into a model, or clear it: {"kind": "error|hang|nan|slow|clear",
-        "delay_ms": N}. Refused (403) unless the server runs with --allow-fault-injection."""
-        name = request.match_info["name"]
-        version = request.match_info.get("version")
-        usage = 'expected a JSON object {"kind": "error|hang|nan|slow|clear", "delay_ms": N}'
-        try:
-            body = await request.json()
-        except ValueError:
-            return web.json_response({"error": f"body is not JSON: {usage}"}, status=400)
-        kind = body.get("kind") if isinstance(body, dict) else None
-        delay_ms = body.get("delay_ms", 0) if isinstance(body, dict) else 0
-        if not isinstance(kind, str):
-            return web.json_response({"error": f"no 'kind': {usage}"}, status=400)
-        if isinstance(delay_ms, bool) or not isinstance(delay_ms, (int, float)):
-            return web.json_response(
-                {"error": f"'delay_ms' must be a number of milliseconds; got {delay_ms!r}"},
-                status=400,
-            )
-        try:
-            if kind == "clear":
-                self.runtime.clear_fault(name, version=version)
-                fault = None
-            else:
-                fault = self.runtime.inject_fault(name, kind, delay_ms=delay_ms, version=version)
-        except SteadyServeError as exc:
-            status = _HTTP_STATUS.get(exc.grpc_code, 500)
-            return web.json_response({"error": str(exc)}, status=status)
-        what = "cleared" if fault is None else f"injected: {fault.describe()}"
-        log.warning("fault %s", what, extra={"model": name, "fault": kind})
-        return web.json_response(
-            {
-                "model": name,
-                "fault": None if fault is None else fault.kind,
-                "delay_ms": None if fault is None else fault.delay_ms,
-                "message": f"model '{name}': fault {what}",
-            }
-        )
-
-    # -- model repository (Triton's REST forms, and steadyserve's rollback) ---------------
-
-    async def _http_repository_index(self, request: web.Request) -> web.Response:
-        body = await _json_body(request, default={})
-        if isinstance(body, web.Response):
-            return body
-        ready_only = bool(body.get("ready", False)) if isinstance(body, dict) else False
-        return web.json_response(
-            [
-                {"name": e.name, "version": e.version, "state": e.state, "reason": e.reason}
-                for e in self.runtime.model_index()
-                if not ready_only or e.state == "READY"
-            ]
-        )
-
-    async def _http_load(self, request: web.Request) -> web.Response:
-        body = await _json_body(request, default={})
-        if isinstance(body, web.Response):
-            return body
-        parameters = body.get("parameters", {}) if isinstance(body, dict) else None
-        if not isinstance(parameters, dict):
-            return _http_error(400, 'expected a JSON object {"parameters": {"config": "..."}}')
-        name = request.match_info["name"]
-        credential = request.headers.get(TOKEN_HEADER)
-        return await _http_call(self.management.load(name, parameters, credential))
-
-    async def _http_unload(self, request: web.Request) -> web.Response:
-        body = await _json_body(request, default={})
-        if isinstance(body, web.Response):
-            return body
-        parameters = body.get("parameters", {}) if isinstance(body, dict) else None
-        if not isinstance(parameters, dict):
-            return _http_error(400, 'expected a JSON object {"parameters": {...}}')
-        name = request.match_info["name"]
-        credential = request.headers.get(TOKEN_HEADER)
-        return await _http_call(self.management.unload(name, parameters, credential))
-
-    async def _http_rollback(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        credential = request.headers.get(TOKEN_HEADER)
-        return await _http_call(self.management.rollback(name, credential))
-
-    async def _http_lifecycle(self, request: web.Request) -> web.Response:
-        """What serves, what is kept for rollback, probation, the gate's last scores."""
-        return await _http_call(_answer(self.runtime.lifecycle_report, request.match_info["name"]))
-
-    async def _http_shadow(self, request: web.Request) -> web.Response:
-        """The shadow version's agreement with the live one (config: shadow)."""
-        return await _http_call(_answer(self.runtime.shadow_report, request.match_info["name"]))
-
-    async def _http_metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self.runtime.metrics.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     # -- stop ----------------------------------------------------------------------------
 
