@@ -33,7 +33,8 @@ import pytest
 
 import onnx_models
 
-READY_LINE = re.compile(r"^steadyserve ready grpc=(\S+:\d+) http=(\S+:\d+)$")
+# "not-ready" when a required model does not serve (tests of broken models start so).
+READY_LINE = re.compile(r"^steadyserve (?:ready|not-ready) grpc=(\S+:\d+) http=(\S+:\d+)$")
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 

@@ -83,6 +83,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="default %(default)s",
     )
     serve.add_argument(
+        "--log-format",
+        default="json",
+        choices=("json", "text"),
+        help="json: one JSON object per line (for log pipelines); text: for people "
+        "(default %(default)s)",
+    )
+    serve.add_argument(
+        "--log-sample-rate",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="share of inference requests logged one line each: request id, model, version, "
+        "status, latency (0..1; default %(default)s = none)",
+    )
+    serve.add_argument(
         "--grace-s",
         type=float,
         default=10.0,
@@ -322,6 +337,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=60.0, help="seconds (default %(default)s)"
     )
 
+    demo = sub.add_parser(
+        "demo",
+        help="write the demo repository (two tabular models) to DIR",
+        description="Write the demo model repository to DIR: `tabular` (an MLP with a "
+        "feature contract, stats and a backup) and `tabular-lite`, as `serve --demo` "
+        "serves them. For the in-process API: steadyserve.Runtime(DIR).",
+    )
+    demo.add_argument("dir", metavar="DIR", help="where to write it (created if missing)")
+
     sub.add_parser("version", help="print the steadyserve version")
     return parser
 
@@ -333,6 +357,8 @@ _FLAG_OF = {
     "http_port": "--http-port",
     "grace_s": "--grace-s",
     "log_level": "--log-level",
+    "log_format": "--log-format",
+    "log_sample_rate": "--log-sample-rate",
     "max_message_bytes": "--max-message-mb",
     "max_concurrent_rpcs": "--max-concurrent-rpcs",
     "max_pending_rpcs": "--max-pending-rpcs",
@@ -440,6 +466,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             http_port=args.http_port,
             grace_s=args.grace_s,
             log_level=args.log_level,
+            log_format=args.log_format,
+            log_sample_rate=args.log_sample_rate,
             max_message_bytes=int(args.max_message_mb * MIB),
             allow_fault_injection=args.allow_fault_injection,
             max_concurrent_rpcs=args.max_concurrent_rpcs,
@@ -469,7 +497,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from .server.logs import configure_logging
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, fmt=settings.log_format)
 
     with contextlib.ExitStack() as stack:
         if args.demo:
@@ -512,6 +540,10 @@ def _serve_workers(args: argparse.Namespace, repo: Path, settings) -> int:
             str(http_port),
             "--log-level",
             settings.log_level,
+            "--log-format",
+            settings.log_format,
+            "--log-sample-rate",
+            str(settings.log_sample_rate),
             "--grace-s",
             str(settings.grace_s),
             "--max-message-mb",
@@ -898,6 +930,22 @@ def _drift_text(report: dict) -> str:
     return "\n".join(out)
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import build_demo_repository
+
+    root = Path(args.dir).expanduser()
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"{args.dir} exists and is not a directory")
+    root.mkdir(parents=True, exist_ok=True)
+    repo = build_demo_repository(root)
+    print(
+        f"wrote the demo repository to {repo}: "
+        + ", ".join(sorted(p.name for p in Path(repo).iterdir() if p.is_dir()))
+    )
+    print(f"serve it: steadyserve serve {repo}   or in-process: steadyserve.Runtime({str(repo)!r})")
+    return 0
+
+
 def _post_json(command: str, url: str, body: dict, timeout: float, token: str | None = None):
     """POST ``body`` to a server's HTTP port: its JSON answer, or None after printing
     why it failed (refused, or unreachable)."""
@@ -992,6 +1040,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "drift": _cmd_drift,
         "fault": _cmd_fault,
         "rollback": _cmd_rollback,
+        "demo": _cmd_demo,
     }
     try:
         return commands[args.command](args)

@@ -508,6 +508,11 @@ class ModelConfig(_Section):
     """The whole of ``config.yaml``. Every key is optional; an empty file means defaults."""
 
     backend: Literal["onnxruntime"] = Field("onnxruntime", description="'onnxruntime'")
+    required: bool = Field(
+        True,
+        description="true/false: the server is ready only while this model serves (false: "
+        "an optional model, whose failure to load leaves readiness alone)",
+    )
     max_batch_size: int = Field(
         64,
         ge=0,

@@ -228,14 +228,25 @@ class Runtime:
         return [m for name in sorted(self._models) for _, m in sorted(self._models[name].items())]
 
     def ready(self) -> bool:
-        """True when every model asked for (all of the repository, or those named or
-        loaded since) is serving."""
-        if self._closed:
-            return False
-        wanted = self.lifecycle.wanted
+        """True when every required model asked for (all of the repository, or those
+        named or loaded since; config ``required: false`` excepted) is serving."""
+        return not self._closed and not self.not_ready()
+
+    def not_ready(self) -> dict[str, str]:
+        """The required models asked for that do not serve, with why (empty: ready)."""
+        lifecycle = self.lifecycle
+        wanted = lifecycle.wanted
         if not wanted and self.model_control != "explicit":
-            return False  # an empty repository serves nothing
-        return all(name in self._models for name in wanted) and all(m.ready for m in self.models())
+            return {"": "the repository has no models"}
+        missing = {}
+        for name in sorted(wanted - lifecycle.optional):
+            versions = self._models.get(name)
+            if not versions:
+                reasons = [e.reason for (n, _), e in self._index.items() if n == name]
+                missing[name] = next((r for r in reasons if r), "not loaded")
+            elif not all(m.ready for m in versions.values()):
+                missing[name] = "not ready (draining or stopped)"
+        return missing
 
     # ----------------------------------------------------------------- lifecycle
 

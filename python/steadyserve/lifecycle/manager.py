@@ -71,6 +71,7 @@ class ModelManager:
         self.directory_seen: dict[str, str] = {}  # model -> fingerprint last acted on
         self.last_error: dict[str, str] = {}  # model -> why its last load failed
         self.wanted: set[str] = set()  # models the operator asked to serve
+        self.optional: set[str] = set()  # ... of which config says required: false
         self.gate = Gate()
         self.probation = ProbationWatch(runtime.router, self._rollback_if_live)
         self._poller: threading.Thread | None = None
@@ -92,6 +93,10 @@ class ModelManager:
             source = None
             try:
                 source = self._scan(name, config_override)
+                if source.config is not None and not source.config.required:
+                    self.optional.add(name)
+                else:
+                    self.optional.discard(name)
                 self.directory_seen[name] = directory_fingerprint(source.directory)
                 candidate = self._build(source, live)
             except SteadyServeError as error:

@@ -10,9 +10,10 @@ frontends (``ServerSettings.frontend``):
 - ``grpcio``: a ``grpc.aio`` server running those handlers, the fallback and the
   reference the native frontend is compared against.
 
-Start-up prints exactly one line, ``steadyserve ready grpc=HOST:PORT
-http=HOST:PORT``, once both ports are bound (tests and scripts read the ports from
-it), then a short how-to. A port in use is an error naming it (``ports.py``).
+Start-up prints one line, ``steadyserve ready grpc=HOST:PORT http=HOST:PORT``
+(``not-ready`` when a required model does not serve: ``announce.py``), once both
+ports are bound (tests and scripts read the ports from it), then a short how-to
+naming any model that is not ready and why. A port in use is an error naming it (``ports.py``).
 
 Shutdown (SIGTERM or SIGINT): health turns NOT_SERVING, the gRPC side stops
 accepting (native: GOAWAY to every connection) and gives in-flight RPCs ``grace_s``
@@ -39,6 +40,7 @@ from grpc_reflection.v1alpha import reflection
 from ..datatypes import numpy_dtype
 from ..errors import SteadyServeError, UnavailableError
 from ..monitoring.metrics import FrontendCollector
+from .announce import start_line
 from .grpc_service import (
     RESPONSE_ALLOWANCE_NS,
     SERVICE_NAME,
@@ -276,10 +278,8 @@ class Server:
 
     def ready_line(self) -> str:
         h = self.settings.host
-        return (
-            f"steadyserve ready grpc={hostport(h, self.grpc_port)} "
-            f"http={hostport(h, self.http_port)}"
-        )
+        ready = not self.runtime.not_ready()
+        return start_line(ready, hostport(h, self.grpc_port), hostport(h, self.http_port))
 
     def banner(self) -> str:
         host = _client_host(self.settings.host)
@@ -289,6 +289,8 @@ class Server:
         lines = [""]
         listing = ", ".join(f"{e.name} v{e.version} {e.state}" for e in index) or "(none)"
         lines.append(f"  models:  {listing}")
+        for name, why in self.runtime.not_ready().items():
+            lines.append(f"  NOT READY: {name or 'server'}: {why}")
         lines.append(f"  probes:  {http_url}/v2/health/ready   metrics: {http_url}/metrics")
         example = self._example(grpc_url, index)
         if example:

@@ -1,4 +1,4 @@
-"""Structured logs: one JSON object per line on stderr.
+"""Structured logs: one JSON object per line on stderr (or text, for people).
 
 Each line has ``ts`` (UTC, ISO 8601 with milliseconds), ``level``, ``logger``,
 ``msg`` and every field passed with ``extra={...}``; an exception adds ``exc``.
@@ -36,10 +36,32 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
-def configure_logging(level: str = "info", stream=None) -> None:
-    """Route the root logger to ``stream`` (stderr) as JSON lines at ``level``."""
+class TextFormatter(logging.Formatter):
+    """For people: time, level, logger, message, then the extra fields as key=value."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = _dt.datetime.fromtimestamp(record.created, tz=_dt.timezone.utc)
+        fields = " ".join(
+            f"{key}={value}"
+            for key, value in record.__dict__.items()
+            if key not in _STANDARD and not key.startswith("_")
+        )
+        line = (
+            f"{when.strftime('%H:%M:%S.%f')[:-3]} {record.levelname.lower():<7} "
+            f"{record.name}: {record.getMessage()}"
+        )
+        if fields:
+            line += f"  [{fields}]"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def configure_logging(level: str = "info", stream=None, fmt: str = "json") -> None:
+    """Route the root logger to ``stream`` (stderr) at ``level``: JSON lines (``fmt``
+    "json") or plain text ("text")."""
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -45,6 +45,16 @@ class ServerSettings(BaseModel):
         default=10.0, ge=0.0, le=3600.0, description="how long in-flight RPCs may finish"
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="json: one JSON object per line; text: for people"
+    )
+    log_sample_rate: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="share of inference requests logged one line each (request id, model, "
+        "version, status, latency); 0 = none",
+    )
     reuse_port: bool = Field(
         default=False,
         description="SO_REUSEPORT (grpcio workers only): a port in use by another process is "

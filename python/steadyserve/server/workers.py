@@ -37,9 +37,8 @@ import sys
 import threading
 import time
 
+from .announce import parse_start_line, start_line
 from .ports import check_free, hostport, listen_group, reuseport_socket
-
-READY_PREFIX = "steadyserve ready "
 
 
 def reserve_port(host: str, port: int, what: str) -> socket.socket:
@@ -96,12 +95,15 @@ def run_workers(
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, forward)
     ready = threading.Semaphore(0)
+    workers_ready: list[bool] = []  # what each worker's start-up line said
     banner: list[str] = []
 
     def relay(proc: subprocess.Popen, index: int) -> None:
         # Worker stdout: the first worker's banner is shown once; ready lines are counted.
         for line in proc.stdout:
-            if line.startswith(READY_PREFIX):
+            started = parse_start_line(line)
+            if started is not None:
+                workers_ready.append(started[0])
                 ready.release()
                 continue
             if index == 0:
@@ -138,7 +140,7 @@ def run_workers(
             sock.close()
     # The same ready line as one server prints (clients and tests parse it exactly).
     print(
-        f"{READY_PREFIX}grpc={hostport(host, grpc_port)} http={hostport(host, http_port)}",
+        start_line(all(workers_ready), hostport(host, grpc_port), hostport(host, http_port)),
         flush=True,
     )
     how = "listening sockets of the supervisor" if hand_sockets else "SO_REUSEPORT"
