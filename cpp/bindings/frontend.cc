@@ -118,6 +118,26 @@ class PyGrpcFrontend {
     return d;
   }
 
+  // (records as dicts, dropped since the last call).
+  py::tuple TakeRequestLog() {
+    uint64_t dropped = 0;
+    std::vector<RequestLogRecord> records = fe_->TakeRequestLog(&dropped);
+    py::list out;
+    for (const auto& r : records) {
+      py::dict d;
+      d["request_id"] = py::str(PyUnicode_DecodeLatin1(r.request_id.data(), r.request_id.size(), nullptr), false);
+      d["model"] = r.model;
+      d["answered_by"] = r.answered_by;
+      d["version"] = r.answered_version;
+      d["grpc_status"] = r.grpc_status;
+      d["latency_ms"] = static_cast<double>(r.latency_ns) / 1e6;
+      d["failover"] = r.failover;
+      if (!r.message.empty()) d["error"] = r.message;
+      out.append(std::move(d));
+    }
+    return py::make_tuple(out, dropped);
+  }
+
  private:
   py::object core_obj_;  // keeps the InferenceCore alive as long as the frontend
   std::unique_ptr<GrpcFrontend> fe_;
@@ -151,7 +171,9 @@ void BindFrontend(py::module_& m, CoreOf core_of, RaiseStatus raise) {
                               uint32_t max_connections, uint32_t max_concurrent_streams,
                               uint32_t max_header_list_bytes, uint64_t max_message_bytes, double idle_timeout_s,
                               double stream_read_timeout_s, double response_allowance_s,
-                              uint32_t max_bridged_calls) {
+                              uint32_t max_bridged_calls, double log_sample_rate) {
+             if (!(log_sample_rate >= 0 && log_sample_rate <= 1))
+               throw py::value_error("log_sample_rate must be 0 to 1; got " + std::to_string(log_sample_rate));
              FrontendOptions o;
              o.host = host;
              o.port = port;
@@ -165,6 +187,7 @@ void BindFrontend(py::module_& m, CoreOf core_of, RaiseStatus raise) {
              o.limits.stream_read_timeout_ns = SecondsToNs(stream_read_timeout_s, "stream_read_timeout_s");
              o.response_allowance_ns = SecondsToNs(response_allowance_s, "response_allowance_s");
              o.max_bridged_calls = max_bridged_calls;
+             o.log_sample_rate = log_sample_rate;
              InferenceCore* c = core_of(core);
              return std::make_unique<PyGrpcFrontend>(core, c, o);
            }),
@@ -173,6 +196,7 @@ void BindFrontend(py::module_& m, CoreOf core_of, RaiseStatus raise) {
            py::arg("max_header_list_bytes") = 16384, py::arg("max_message_bytes") = 64u << 20,
            py::arg("idle_timeout_s") = 300.0, py::arg("stream_read_timeout_s") = 30.0,
            py::arg("response_allowance_s") = 0.001, py::arg("max_bridged_calls") = 1024,
+           py::arg("log_sample_rate") = 0.0,
            "Binds host:port (or adopts listen_fd); start() starts the I/O threads.")
       .def_property_readonly("port", &PyGrpcFrontend::port)
       .def_property_readonly("bridge_fd", &PyGrpcFrontend::bridge_fd)
@@ -183,5 +207,7 @@ void BindFrontend(py::module_& m, CoreOf core_of, RaiseStatus raise) {
       .def("shutdown", &PyGrpcFrontend::Shutdown, "GOAWAY everywhere and stop accepting; open calls go on.")
       .def("wait_idle", &PyGrpcFrontend::WaitIdle, py::arg("timeout_s"))
       .def("stop", &PyGrpcFrontend::Stop)
-      .def("stats", &PyGrpcFrontend::Stats);
+      .def("stats", &PyGrpcFrontend::Stats)
+      .def("take_request_log", &PyGrpcFrontend::TakeRequestLog,
+           "The sampled requests since the last call (dicts) and how many were dropped.");
 }

@@ -15,7 +15,9 @@
 #include <cctype>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
+#include <random>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -201,6 +203,8 @@ class GrpcFrontend::IoThread {
   std::vector<Conn*> closing_;
   std::vector<Request*> answers_;
   std::string scratch_;       // stream responses
+  std::string id_scratch_;    // a generated request id
+  double log_credit_ = 0;     // sampling: a request is recorded each time this reaches 1
   std::string model_name_;    // SubmitWire's out-parameter, reused
   std::vector<uint8_t> read_buf_ = std::vector<uint8_t>(kReadChunk);
   // Protocol figures of connections already closed.
@@ -213,6 +217,7 @@ class GrpcFrontend::IoThread::Conn : public h2::StreamHandler {
   enum class Kind : uint8_t { kInfer, kStreamInfer, kBridge };
   struct Call {
     Kind kind = Kind::kInfer;
+    bool id_generated = false;  // no x-request-id came: a V2 id may replace the generated one
     int64_t deadline_ns = 0;
     bool got_message = false;  // kInfer: its one message arrived
     bool half_closed = false;
@@ -284,6 +289,18 @@ void GrpcFrontend::IoThread::Conn::OnStreamStart(const h2::StreamStart& start) {
   Call& call = it->second;
   call = Call();
   call.kind = kind;
+  if (start.request_id.empty()) {
+    std::string& id = t_->id_scratch_;
+    id = fe->id_tag_;
+    id += '-';
+    id += std::to_string(t_->index_);
+    id += '-';
+    id += std::to_string(serial_);
+    id += '-';
+    id += std::to_string(start.stream_id);
+    h2_->SetRequestId(start.stream_id, id);
+    call.id_generated = true;
+  }
   if (start.timeout_ns >= 0) {
     const int64_t now = NowNs();
     const int64_t budget = std::max<int64_t>(1, start.timeout_ns - fe->options_.response_allowance_ns);
@@ -420,6 +437,28 @@ void GrpcFrontend::IoThread::Conn::Answer(uint32_t stream_id, Request* r) {
   auto q = std::find(call.queued.begin(), call.queued.end(), r->Handle());
   if (q == call.queued.end()) return;  // an answer to a request this call no longer waits for
   call.queued.erase(q);
+  if (call.id_generated && call.kind == Kind::kInfer && !r->id.empty()) {
+    h2_->SetRequestId(stream_id, r->id);  // the V2 id, when the headers brought none
+    call.id_generated = false;
+  }
+  const double rate = t_->fe_->options_.log_sample_rate;
+  if (rate > 0) {
+    t_->log_credit_ += rate;
+    if (t_->log_credit_ >= 1.0) {
+      t_->log_credit_ -= 1.0;
+      RequestLogRecord rec;
+      const std::string_view id = h2_->RequestId(stream_id);
+      rec.request_id = call.kind == Kind::kStreamInfer && !r->id.empty() ? r->id : std::string(id);
+      rec.model = r->model;
+      rec.answered_by = r->answered_by;
+      rec.answered_version = r->answered_version;
+      rec.grpc_status = static_cast<int>(r->code);
+      if (r->code != StatusCode::kOk) rec.message = r->message;
+      rec.latency_ns = NowNs() - r->arrival_ns;
+      rec.failover = r->failover;
+      t_->fe_->Record(std::move(rec));
+    }
+  }
   if (call.kind == Kind::kInfer) {
     if (r->code == StatusCode::kOk) {
       if (Send(stream_id, r->response)) End(stream_id, kGrpcOk, "");
@@ -806,7 +845,30 @@ void GrpcFrontend::IoThread::ReleaseLeftovers() {
 
 // --- GrpcFrontend -----------------------------------------------------------
 
-GrpcFrontend::GrpcFrontend(InferenceCore* core, const FrontendOptions& options) : core_(core), options_(options) {}
+GrpcFrontend::GrpcFrontend(InferenceCore* core, const FrontendOptions& options) : core_(core), options_(options) {
+  std::random_device random;
+  char tag[17];
+  std::snprintf(tag, sizeof(tag), "%08x%08x", random(), random());
+  id_tag_ = tag;
+}
+
+void GrpcFrontend::Record(RequestLogRecord record) {
+  std::lock_guard<std::mutex> lock(log_mu_);
+  if (log_.size() >= options_.max_log_records) {
+    ++log_dropped_;
+    return;
+  }
+  log_.push_back(std::move(record));
+}
+
+std::vector<RequestLogRecord> GrpcFrontend::TakeRequestLog(uint64_t* dropped) {
+  std::vector<RequestLogRecord> out;
+  std::lock_guard<std::mutex> lock(log_mu_);
+  out.swap(log_);
+  *dropped = log_dropped_;
+  log_dropped_ = 0;
+  return out;
+}
 
 namespace {
 

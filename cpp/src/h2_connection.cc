@@ -148,6 +148,7 @@ struct H2Connection::Stream {
   bool window_dirty = false;   // in dirty_ for this Receive call
   int finish_status = 0;       // the handler's Finish, while its trailers wait behind pending
   std::string finish_message;
+  std::string request_id;  // echoed as x-request-id in the response headers (empty: none)
   FlowWindow send_window{0};
   FlowWindow recv_window{0};
   uint64_t recv_unacked = 0;  // received bytes not yet given back by WINDOW_UPDATE
@@ -172,6 +173,8 @@ struct H2Connection::Impl {
   bool Receive(const uint8_t* data, size_t size, int64_t now_ns);
   bool SendMessage(uint32_t id, std::string_view message);
   bool Finish(uint32_t id, int grpc_status, std::string_view grpc_message);
+  bool SetRequestId(uint32_t id, std::string_view request_id);
+  std::string_view RequestId(uint32_t id);
   void ResetStream(uint32_t id, ErrorCode code);
   void Abort();
   void Shutdown();
@@ -690,6 +693,7 @@ void H2Connection::Impl::OnNewStream(uint32_t id, bool end_stream, bool too_larg
   start.authority = has_authority ? authority : host;
   start.timeout_ns = timeout_ns;
   start.request_id = request_id;
+  s->request_id.assign(request_id.data(), request_id.size());  // pooled: no allocation once warm
   start.headers = &regular_;
   start.end_stream = end_stream;
   handler->OnStreamStart(start);
@@ -1032,7 +1036,7 @@ void H2Connection::Impl::SendRst(uint32_t id, ErrorCode code) {
 
 void H2Connection::Impl::WriteTrailersAndClose(Stream* s, int grpc_status, std::string_view grpc_message) {
   hblock_.clear();
-  encoder.EncodeGrpcTrailers(grpc_status, grpc_message, &hblock_, !s->headers_sent);
+  encoder.EncodeGrpcTrailers(grpc_status, grpc_message, &hblock_, !s->headers_sent, s->request_id);
   AppendHeaders(s->id, hblock_, true, peer_max_frame_, &out);
   const bool rst = !s->remote_closed;  // RFC 9113 section 8.1
   if (rst) AppendRstStream(s->id, ErrorCode::kNoError, &out);
@@ -1109,7 +1113,7 @@ bool H2Connection::Impl::SendMessage(uint32_t id, std::string_view message) {
   }
   if (!s->headers_sent) {
     hblock_.clear();
-    encoder.EncodeGrpcResponseHeaders(&hblock_);
+    encoder.EncodeGrpcResponseHeaders(&hblock_, s->request_id);
     AppendHeaders(id, hblock_, false, peer_max_frame_, &out);
     s->headers_sent = true;
   }
@@ -1144,6 +1148,19 @@ bool H2Connection::Impl::SendMessage(uint32_t id, std::string_view message) {
     }
   }
   return true;
+}
+
+bool H2Connection::Impl::SetRequestId(uint32_t id, std::string_view request_id) {
+  if (dead_) return false;
+  Stream* s = Find(id);
+  if (s == nullptr || s->headers_sent) return false;
+  s->request_id.assign(request_id.data(), request_id.size());
+  return true;
+}
+
+std::string_view H2Connection::Impl::RequestId(uint32_t id) {
+  Stream* s = Find(id);
+  return s == nullptr ? std::string_view() : std::string_view(s->request_id);
 }
 
 bool H2Connection::Impl::Finish(uint32_t id, int grpc_status, std::string_view grpc_message) {
@@ -1302,6 +1319,12 @@ bool H2Connection::Receive(const uint8_t* data, size_t size, int64_t now_ns) {
 bool H2Connection::SendMessage(uint32_t stream_id, std::string_view message) {
   return impl_->SendMessage(stream_id, message);
 }
+bool H2Connection::SetRequestId(uint32_t stream_id, std::string_view request_id) {
+  return impl_->SetRequestId(stream_id, request_id);
+}
+
+std::string_view H2Connection::RequestId(uint32_t stream_id) { return impl_->RequestId(stream_id); }
+
 bool H2Connection::Finish(uint32_t stream_id, int grpc_status, std::string_view grpc_message) {
   return impl_->Finish(stream_id, grpc_status, grpc_message);
 }

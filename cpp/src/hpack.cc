@@ -397,18 +397,20 @@ void HpackEncoder::EncodeBlock(const HpackField* fields, size_t count, std::stri
   for (size_t i = 0; i < count; ++i) AddField(fields[i].name, fields[i].value, fields[i].never_index, out);
 }
 
-void HpackEncoder::EncodeGrpcResponseHeaders(std::string* out) {
+void HpackEncoder::EncodeGrpcResponseHeaders(std::string* out, std::string_view request_id) {
   BeginBlock(out);
   AddField(":status", "200", false, out);
   AddField("content-type", "application/grpc", false, out);
+  if (!request_id.empty()) AddField("x-request-id", request_id, false, out);
 }
 
 void HpackEncoder::EncodeGrpcTrailers(int grpc_status, std::string_view grpc_message, std::string* out,
-                                      bool trailers_only) {
+                                      bool trailers_only, std::string_view request_id) {
   BeginBlock(out);
   if (trailers_only) {
     AddField(":status", "200", false, out);
     AddField("content-type", "application/grpc", false, out);
+    if (!request_id.empty()) AddField("x-request-id", request_id, false, out);
   }
   AddField("grpc-status", std::to_string(grpc_status), false, out);
   if (!grpc_message.empty()) {

@@ -93,7 +93,7 @@ class H2Client {
 
   // HEADERS for a gRPC call, then (if given) one message with END_STREAM.
   void Call(uint32_t stream_id, const std::string& path, const std::string* message, bool end_stream = true,
-            const std::string& timeout = "") {
+            const std::string& timeout = "", const std::string& request_id = "") {
     std::vector<HpackField> fields = {{":method", "POST"},
                                       {":scheme", "http"},
                                       {":path", path},
@@ -101,6 +101,7 @@ class H2Client {
                                       {"content-type", "application/grpc"},
                                       {"te", "trailers"}};
     if (!timeout.empty()) fields.push_back({"grpc-timeout", timeout});
+    if (!request_id.empty()) fields.push_back({"x-request-id", request_id});
     std::string block, out;
     encoder_.EncodeBlock(fields, &block);
     h2::AppendHeaders(stream_id, block, message == nullptr && end_stream, h2::kDefaultMaxFrameSize, &out);
@@ -307,6 +308,49 @@ void TestUnaryInfer() {
   CHECK_EQ(s.grpc_status(), 0);
   CHECK_EQ(s.messages.size(), size_t{1});
   CheckResponse(ParseResponse(s.messages[0]), "m", 7, 3);
+}
+
+// Every answer carries x-request-id: the client's header, else the request's V2 id,
+// else one generated here (distinct per call); errors (Trailers-Only) too. With
+// log_sample_rate 1 every request is recorded with that id.
+void TestRequestIds() {
+  FrontendOptions o;
+  o.log_sample_rate = 1.0;
+  Server server(o);
+  H2Client client(server.fe->port());
+  const std::string with_v2_id = InferRequest("m", 7, 1);
+  WireOptions anonymous;
+  anonymous.send_id = false;
+  const std::string without_id = InferRequest("m", 8, 1, anonymous);
+  const std::string unknown = InferRequest("nope", 9, 1, anonymous);
+  client.Call(1, kInfer, &with_v2_id, true, "", "client-id-1");
+  client.Call(3, kInfer, &with_v2_id);
+  client.Call(5, kInfer, &without_id);
+  client.Call(7, kInfer, &without_id);
+  client.Call(9, kInfer, &unknown, true, "", "client-id-9");
+  client.Call(11, kInfer, &unknown);
+  for (uint32_t id : {1u, 3u, 5u, 7u, 9u, 11u}) CHECK(client.WaitEnded(id));
+  CHECK_STR(client.streams_[1].headers.at("x-request-id"), "client-id-1");
+  CHECK_STR(client.streams_[3].headers.at("x-request-id"), "7");
+  const std::string g5 = client.streams_[5].headers.at("x-request-id");
+  const std::string g7 = client.streams_[7].headers.at("x-request-id");
+  CHECK(g5.size() > 16 && g7.size() > 16 && g5 != g7);
+  CHECK_STR(client.streams_[9].headers.at("x-request-id"), "client-id-9");  // Trailers-Only
+  CHECK_EQ(client.streams_[9].grpc_status(), 5);
+  CHECK(client.streams_[11].headers.at("x-request-id").size() > 16);
+  uint64_t dropped = 1;
+  std::vector<RequestLogRecord> log = server.fe->TakeRequestLog(&dropped);
+  CHECK_EQ(dropped, uint64_t{0});
+  CHECK_EQ(log.size(), size_t{4});  // the four that reached a model's answer path
+  std::set<std::string> ids;
+  for (const auto& r : log) {
+    ids.insert(r.request_id);
+    CHECK(r.latency_ns > 0);
+    CHECK_STR(r.model, std::string("m"));
+    CHECK_EQ(r.grpc_status, 0);
+  }
+  CHECK(ids == (std::set<std::string>{"client-id-1", "7", g5, g7}));
+  CHECK(server.fe->TakeRequestLog(&dropped).empty());
 }
 
 void TestErrorsAreTrailers() {
@@ -577,6 +621,7 @@ void TestOversizedStreamAnswerEndsTheCall() {
   } while (0)
 
 int main() {
+  TestRequestIds();
   RUN(TestUnaryInfer);
   RUN(TestErrorsAreTrailers);
   RUN(TestManyClientsConcurrently);

@@ -216,6 +216,7 @@ struct WireOptions {
   std::string version;
   int64_t timeout_us = -1;  // the `timeout` parameter; < 0: not sent
   std::vector<int64_t> shape;  // default [rows, 4]
+  bool send_id = true;         // the V2 id field (the token)
 };
 
 // A ModelInferRequest for `model` with id = the token, input x FP32 in raw_input_contents.
@@ -223,7 +224,7 @@ std::string InferRequest(const std::string& model, uint32_t token, uint32_t rows
   Pb req;
   req.Bytes(1, model);
   if (!o.version.empty()) req.Bytes(2, o.version);
-  req.Bytes(3, std::to_string(token));
+  if (o.send_id) req.Bytes(3, std::to_string(token));
   if (o.timeout_us >= 0) {
     Pb value, entry;
     value.Int(2, static_cast<uint64_t>(o.timeout_us));  // int64_param

@@ -50,6 +50,21 @@ struct FrontendOptions {
   int64_t response_allowance_ns = 1'000'000;
   // Open bridged calls at once; more are answered RESOURCE_EXHAUSTED.
   uint32_t max_bridged_calls = 1024;
+  // Share of inference requests (ModelInfer, and each request of a stream)
+  // recorded for the request log, 0..1; 0: none, and no cost but one branch.
+  double log_sample_rate = 0.0;
+  // Records waiting for Python (TakeRequestLog) beyond which new ones are dropped.
+  uint32_t max_log_records = 10000;
+};
+
+// One sampled inference request, for the request log.
+struct RequestLogRecord {
+  std::string request_id;  // x-request-id, else the V2 id, else the one generated here
+  std::string model, answered_by, answered_version;
+  int grpc_status = 0;
+  std::string message;  // the error, when there is one
+  int64_t latency_ns = 0;  // from the request's arrival in the core to its answer
+  bool failover = false;
 };
 
 // One event of a bridged call, for Python.
@@ -114,6 +129,10 @@ class GrpcFrontend {
 
   FrontendStats Stats() const;
 
+  // The sampled requests recorded since the last call, oldest first; *dropped:
+  // records not kept since then because Python fell behind.
+  std::vector<RequestLogRecord> TakeRequestLog(uint64_t* dropped);
+
  private:
   class IoThread;
   friend class IoThread;
@@ -128,6 +147,7 @@ class GrpcFrontend {
   void BridgeDone();        // a bridged call ended
   void StreamOpened();
   void StreamClosed();
+  void Record(RequestLogRecord record);
 
   InferenceCore* core_;
   FrontendOptions options_;
@@ -157,6 +177,13 @@ class GrpcFrontend {
   std::atomic<uint64_t> native_requests_{0};
   std::atomic<uint64_t> bridged_calls_{0};
   std::atomic<size_t> next_thread_{0};  // round robin of new connections
+
+  // Generated request ids: "<process tag>-<thread>-<connection>-<stream>", unique
+  // in this process and, through the random tag, across its restarts.
+  std::string id_tag_;
+  std::mutex log_mu_;
+  std::vector<RequestLogRecord> log_;
+  uint64_t log_dropped_ = 0;
 };
 
 }  // namespace steadyserve

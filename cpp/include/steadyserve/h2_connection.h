@@ -159,6 +159,12 @@ class H2Connection {
   // RST_STREAM(NO_ERROR) follows the trailers (RFC 9113 section 8.1). False if
   // the stream is gone.
   bool Finish(uint32_t stream_id, int grpc_status, std::string_view grpc_message);
+  // The x-request-id the response headers carry (the request's own, from its
+  // headers, unless replaced here before the first answer). False once the
+  // headers are out, or for an unknown stream.
+  bool SetRequestId(uint32_t stream_id, std::string_view request_id);
+  // The stream's request id (empty when unknown or none); valid until the next call.
+  std::string_view RequestId(uint32_t stream_id);
   // Resets a stream (RST_STREAM with `code`); the handler is not called.
   void ResetStream(uint32_t stream_id, ErrorCode code);
 

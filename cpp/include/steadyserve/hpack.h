@@ -166,13 +166,14 @@ class HpackEncoder {
     EncodeBlock(fields.data(), fields.size(), out);
   }
 
-  // gRPC's response headers: ":status: 200", "content-type: application/grpc".
-  void EncodeGrpcResponseHeaders(std::string* out);
+  // gRPC's response headers: ":status: 200", "content-type: application/grpc",
+  // and "x-request-id" when request_id is not empty.
+  void EncodeGrpcResponseHeaders(std::string* out, std::string_view request_id = {});
   // gRPC's trailers: "grpc-status" and, when not empty, "grpc-message"
   // (percent-encoded here). With trailers_only, ":status: 200" and the
   // content-type lead (a Trailers-Only response in one HEADERS frame).
   void EncodeGrpcTrailers(int grpc_status, std::string_view grpc_message, std::string* out,
-                          bool trailers_only = false);
+                          bool trailers_only = false, std::string_view request_id = {});
 
  private:
   void BeginBlock(std::string* out);
