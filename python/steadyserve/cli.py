@@ -198,6 +198,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="load, unload and rollback need 'authorization: Bearer TOKEN' "
         "(default: $STEADYSERVE_MANAGEMENT_TOKEN; unset: no token needed)",
     )
+    alerts = serve.add_argument_group("alerts (rules: each model's config.yaml, alerts:)")
+    alerts.add_argument(
+        "--alertmanager-url",
+        metavar="URL",
+        help="send alerts to this Alertmanager (API v2), e.g. http://alertmanager:9093 "
+        "(default: none; firing and pending alerts are listed at GET /v2/alerts either way)",
+    )
+    alerts.add_argument(
+        "--alert-webhook",
+        metavar="URL",
+        help='POST {"status": "firing"|"resolved", "alerts": [...]} as JSON to URL when an '
+        "alert fires or resolves",
+    )
+    alerts.add_argument(
+        "--alert-interval-s",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds between evaluations of the alert rules, 0.1..3600 (default %(default)s)",
+    )
 
     serve.add_argument(
         "--workers",
@@ -211,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--grpc-fd", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--http-fd", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-dir", help=argparse.SUPPRESS)
 
     fit = sub.add_parser(
         "fit",
@@ -218,16 +240,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fit the feature statistics (mean, std, min, max, quantiles) and the drift "
         "reference histograms of a model's input from reference data, run the model on the "
         "data (through the input's contract, scaled with the new stats) to fit its outputs "
-        "too, and write MODEL_DIR/<version>/stats.json. Restart the server to use it.",
+        "too, and write MODEL_DIR/<version>/stats.json. Give it held-out rows, not the "
+        "training rows: a model is more confident on the rows it was trained on, so its "
+        "answers there make an output (prediction-drift) reference that healthy traffic "
+        "drifts from. A server in poll mode reloads the model by itself; in explicit mode, "
+        "load it again.",
     )
     fit.add_argument("model_dir", metavar="MODEL_DIR", help="the model's directory, REPO/<model>")
     fit.add_argument(
         "--data",
         required=True,
         metavar="FILE",
-        help=".npy ([rows, features]), .npz (one array per input, by input name, or a single "
-        "array) or .csv (numbers; an optional first line of column names = feature names; "
-        "empty cells are missing values)",
+        help="held-out reference rows: .npy ([rows, features]), .npz (one array per input, by "
+        "input name, or a single array) or .csv (numbers; an optional first line of column "
+        "names = feature names; empty cells are missing values)",
     )
     fit.add_argument("--input", metavar="NAME", help="the input the data is for (default: the "
                      "input with a contract, or the only input)")  # fmt: skip
@@ -375,6 +401,11 @@ _FLAG_OF = {
     "repository_poll_s": "--repository-poll-secs",
     "management_token": "--management-token",
     "workers": "--workers",
+    "alertmanager_url": "--alertmanager-url",
+    "alert_webhook": "--alert-webhook",
+    "alert_interval_s": "--alert-interval-s",
+    "worker_index": "--worker-index",
+    "worker_dir": "--worker-dir",
 }
 
 # Limits a --workers supervisor passes on to each worker as they were given.
@@ -484,7 +515,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             load_models=tuple(args.load_model),
             repository_poll_s=args.repository_poll_secs,
             management_token=args.management_token,
+            alertmanager_url=args.alertmanager_url,
+            alert_webhook=args.alert_webhook,
+            alert_interval_s=args.alert_interval_s,
             workers=args.workers,
+            worker_index=args.worker_index,
+            worker_dir=args.worker_dir,
         )
     except ValidationError as exc:
         problems = "; ".join(
@@ -513,7 +549,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             repo = build_demo_repository(root)
             log.info("demo repository built", extra={"path": str(repo)})
 
-        if args.workers > 1:
+        if args.workers > 1 and args.worker_dir is None:  # the supervisor, not a worker
             return _serve_workers(args, repo, settings)
 
         from .server.app import run
@@ -525,7 +561,9 @@ def _serve_workers(args: argparse.Namespace, repo: Path, settings) -> int:
     """--workers N: N plain `serve` processes on the same ports (see server/workers.py)."""
     from .server.workers import run_workers
 
-    def worker_argv(grpc_port: int, http_port: int, fds: tuple[int, int] | None) -> list[str]:
+    def worker_argv(
+        index: int, worker_dir: str, grpc_port: int, http_port: int, fds: tuple[int, int] | None
+    ) -> list[str]:
         argv = [
             sys.executable,
             "-m",
@@ -555,10 +593,16 @@ def _serve_workers(args: argparse.Namespace, repo: Path, settings) -> int:
             argv += ["--grpc-fd", str(fds[0]), "--http-fd", str(fds[1])]
         else:  # grpcio: each worker binds the ports with SO_REUSEPORT
             argv.append("--reuse-port")
+        argv += ["--workers", str(args.workers), "--worker-index", str(index)]
+        argv += ["--worker-dir", worker_dir]
         if settings.allow_fault_injection:
             argv.append("--allow-fault-injection")
         argv += ["--model-control-mode", settings.model_control_mode]
         argv += ["--repository-poll-secs", str(settings.repository_poll_s)]
+        argv += ["--alert-interval-s", str(settings.alert_interval_s)]
+        for field in ("alertmanager_url", "alert_webhook"):
+            if getattr(settings, field) is not None:
+                argv += [_FLAG_OF[field], getattr(settings, field)]
         for field in _WORKER_LIMITS:
             value = getattr(settings, field)
             if value is not None:

@@ -487,6 +487,158 @@ class ShadowConfig(_Section):
     )
 
 
+# --- alerts (monitoring/alerts.py evaluates them; every rule has defaults) ------------
+
+MAX_ALERT_WINDOW_S = 86_400.0
+
+
+class _AlertRule(_Section):
+    enabled: bool = Field(True, description="true/false: evaluate this rule for the model")
+    for_s: float = Field(
+        0.0,
+        ge=0,
+        le=MAX_ALERT_WINDOW_S,
+        allow_inf_nan=False,
+        description=f"seconds the condition must hold before the alert fires (pending until "
+        f"then), 0..{MAX_ALERT_WINDOW_S:g}",
+    )
+    severity: Literal["warning", "critical"] = Field(
+        "warning", description="the alert's severity label: 'warning' or 'critical'"
+    )
+
+
+def _window(default: float) -> Any:
+    return Field(
+        default,
+        gt=0,
+        le=MAX_ALERT_WINDOW_S,
+        allow_inf_nan=False,
+        description=f"seconds of traffic the rate is computed over, (0, {MAX_ALERT_WINDOW_S:g}]",
+    )
+
+
+def _min_requests() -> Any:
+    return Field(
+        20, ge=1, description="requests in the window before the rate means anything, >= 1"
+    )
+
+
+class SloAttainmentAlert(_AlertRule):
+    """Share of answered requests within slo.latency_ms below ``threshold`` (only models
+    with an SLO)."""
+
+    threshold: float = Field(
+        0.99,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="fires when attainment over the window is below this share, (0, 1]",
+    )
+    window_s: float = _window(300.0)
+    min_requests: int = _min_requests()
+
+
+class ErrorRateAlert(_AlertRule):
+    """Failed requests (the model failed: execution error or timeout, a bad output; a
+    backup may have answered them) / requests over the window above ``threshold``."""
+
+    threshold: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        allow_inf_nan=False,
+        description="fires when the failed share over the window is above this, [0, 1)",
+    )
+    window_s: float = _window(300.0)
+    min_requests: int = _min_requests()
+    severity: Literal["warning", "critical"] = Field(
+        "critical", description="the alert's severity label: 'warning' or 'critical'"
+    )
+
+
+class InputRejectionAlert(_AlertRule):
+    """Requests refused for invalid input / requests over the window above ``threshold``."""
+
+    threshold: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        allow_inf_nan=False,
+        description="fires when the share refused as invalid input is above this, [0, 1)",
+    )
+    window_s: float = _window(300.0)
+    min_requests: int = _min_requests()
+
+
+class FailoverAlert(_AlertRule):
+    """Requests of the model answered by another one (a backup, the default output)."""
+
+    threshold: int = Field(
+        0, ge=0, description="fires when more requests than this failed over in the window, >= 0"
+    )
+    window_s: float = _window(60.0)
+
+
+class StateAlert(_AlertRule):
+    """A state rule (circuit open, drift flagged): no window, no threshold of its own."""
+
+
+class CriticalStateAlert(StateAlert):
+    severity: Literal["warning", "critical"] = Field(
+        "critical", description="the alert's severity label: 'warning' or 'critical'"
+    )
+
+
+class AlertsConfig(_Section):
+    """Alert rules of a model. Every rule is on by default; the server-wide defaults are
+    these schema defaults, a model's config.yaml overrides them rule by rule."""
+
+    slo_attainment: SloAttainmentAlert = Field(
+        default_factory=SloAttainmentAlert,
+        description="a mapping: SLO attainment over a window below a share (models with "
+        "slo.latency_ms)",
+    )
+    error_rate: ErrorRateAlert = Field(
+        default_factory=ErrorRateAlert,
+        description="a mapping: failed requests over a window above a share",
+    )
+    failover_active: FailoverAlert = Field(
+        default_factory=FailoverAlert,
+        description="a mapping: requests answered by another model within a window",
+    )
+    circuit_open: CriticalStateAlert = Field(
+        default_factory=CriticalStateAlert,
+        description="a mapping: the model's circuit breaker is open (until it closes again)",
+    )
+    drift: StateAlert = Field(
+        default_factory=StateAlert,
+        description="a mapping: an input or output feature's PSI is above "
+        "drift.psi_threshold with drift.min_rows live rows",
+    )
+    input_rejection_rate: InputRejectionAlert = Field(
+        default_factory=InputRejectionAlert,
+        description="a mapping: requests refused as invalid input over a window above a share",
+    )
+    model_not_ready: CriticalStateAlert = Field(
+        default_factory=CriticalStateAlert,
+        description="a mapping: a required model does not serve (Runtime.not_ready())",
+    )
+
+    @field_validator(
+        "slo_attainment",
+        "error_rate",
+        "failover_active",
+        "circuit_open",
+        "drift",
+        "input_rejection_rate",
+        "model_not_ready",
+        mode="before",
+    )
+    @classmethod
+    def _empty_rule(cls, value: Any) -> Any:
+        return {} if value is None else value  # `error_rate:` with nothing under it
+
+
 def _check_versions(value: Any) -> Any:
     # One clear message instead of pydantic's two (one per branch of the union).
     allowed = "'latest', 'all' or a non-empty list of version numbers >= 1, e.g. [1, 2]"
@@ -583,6 +735,10 @@ class ModelConfig(_Section):
     shadow: ShadowConfig | None = Field(
         None, description="a mapping: mirror live batches to another version and compare"
     )
+    alerts: AlertsConfig = Field(
+        default_factory=AlertsConfig,
+        description="a mapping of alert rules, one sub-mapping per rule (see monitoring/alerts.py)",
+    )
 
     @field_validator(
         "inputs",
@@ -595,6 +751,7 @@ class ModelConfig(_Section):
         "evaluation",
         "gate",
         "probation",
+        "alerts",
         mode="before",
     )
     @classmethod
@@ -880,6 +1037,7 @@ def _describe(err: Mapping[str, Any], node: yaml.Node | None) -> str:
 
 __all__ = [
     "METRICS",
+    "AlertsConfig",
     "BatchingConfig",
     "EvaluationConfig",
     "GateConfig",

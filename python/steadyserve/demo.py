@@ -4,7 +4,10 @@ Two models for the same synthetic tabular task, so failover and benchmarks have 
 realistic pair: ``tabular`` (an MLP, the primary) and ``tabular-lite`` (logistic
 regression: cheaper, less accurate, the natural backup). Both come with a feature contract
 (NaN / inf and values outside [-10, 10] refused, features named f00..f31) and a stats
-file fitted on the training data, so drift against it shows up in ``drift_report()``,
+file fitted on held-out rows of the same distribution (never the training rows: a
+model is more confident on the rows it was trained on, so its answers there make a
+prediction-drift reference that fresh healthy traffic drifts from), so drift against
+it shows up in ``drift_report()``,
 ``GET /v2/models/tabular/drift`` and /metrics. Both are trained here with
 plain numpy from a fixed seed and written with the onnx helper API: no downloads,
 and the same bytes every time on a given machine.
@@ -25,6 +28,8 @@ N_FEATURES = 32
 N_CLASSES = 2
 TRAIN_ROWS = 4096
 TRAIN_SEED = 0
+REFERENCE_ROWS = 4096  # held out: the stats file's rows
+REFERENCE_SEED = 1
 OPSET = 17
 IR_VERSION = 8  # readable by onnxruntime >= 1.17 (the oldest we support)
 
@@ -51,7 +56,7 @@ onnxruntime:
   warmup: true
 # The feature contract of the input, checked and counted in the same native pass that
 # copies each row into its batch. stats.json next to model.onnx holds the statistics and
-# the drift reference of the training data (written like `steadyserve fit` writes it).
+# the drift reference of held-out rows (written like `steadyserve fit` writes it).
 inputs:
   - name: features
     contract:
@@ -221,6 +226,7 @@ def build_demo_repository(root: Path | str) -> Path:
     """
     root = Path(root)
     x, y = demo_dataset(TRAIN_ROWS, TRAIN_SEED)
+    reference, _ = demo_dataset(REFERENCE_ROWS, REFERENCE_SEED)
     models = {
         "tabular": ([N_FEATURES, 64, 32, N_CLASSES], 150, 0.01, "MLP 32-64-32-2 (ReLU, softmax)"),
         "tabular-lite": ([N_FEATURES, N_CLASSES], 200, 0.05, "logistic regression 32-2 (softmax)"),
@@ -236,11 +242,11 @@ def build_demo_repository(root: Path | str) -> Path:
             onnx.save_model(model, str(version_dir / "model.onnx"))
             failover = _FAILOVER_PRIMARY if name == "tabular" else _FAILOVER_BACKUP
             (root / name / "config.yaml").write_text(_CONFIG + failover, encoding="utf-8")
-            # The contract's stats and drift reference: the training features, and the
+            # The contract's stats and drift reference: held-out features, and the
             # model's answers on them (prediction drift).
-            probabilities = _softmax(_logits(params, x)).astype(np.float32)
+            probabilities = _softmax(_logits(params, reference)).astype(np.float32)
             stats = fit_stats(
-                {"features": x},
+                {"features": reference},
                 {"probabilities": probabilities},
                 names={"features": FEATURE_NAMES},
             )

@@ -39,6 +39,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ..datatypes import numpy_dtype
 from ..errors import SteadyServeError, UnavailableError
+from ..monitoring.alerts import AlertEvaluator
 from ..monitoring.metrics import FrontendCollector
 from .announce import start_line
 from .grpc_service import (
@@ -51,6 +52,7 @@ from .grpc_service import (
 from .http_api import HttpApi, json_errors
 from .management import Management
 from .ports import StartupError, check_free, hostport, listen_socket
+from .request_log import NativeRequestLog
 from .settings import ServerSettings
 
 log = logging.getLogger("steadyserve.server")
@@ -77,15 +79,34 @@ class Server:
         self.grpc_port: int | None = None
         self.http_port: int | None = None
         self.management = Management(runtime, settings.management_token, settings.workers)
-        self._servicer = InferenceServicer(runtime, self.management)
-        self.http_api = HttpApi(runtime, settings, self.management, lambda: self._stopping)
+        self.siblings = None  # a --workers worker's siblings.Siblings: figures of all workers
+        if settings.worker_dir is not None:
+            from .siblings import Siblings
+
+            self.siblings = Siblings.of(runtime, settings)
+        self._servicer = InferenceServicer(
+            runtime,
+            self.management,
+            log_sample_rate=settings.log_sample_rate,
+            siblings=self.siblings,
+        )
+        self.http_api = HttpApi(
+            runtime,
+            settings,
+            self.management,
+            lambda: self._stopping,
+            siblings=self.siblings,
+            servicer=self._servicer,
+        )
         self._health = health.aio.HealthServicer()
         self._grpc: grpc.aio.Server | None = None
         self._native = None  # _core.GrpcFrontend
         self._bridge = None  # bridge.GrpcBridge
+        self._request_log = None  # request_log.NativeRequestLog, with --log-sample-rate
         self._http: web.AppRunner | None = None
         self._health_task: asyncio.Task | None = None
         self._lag_task: asyncio.Task | None = None
+        self._alerts: AlertEvaluator | None = None
         self._stopping = False
 
     # -- start ---------------------------------------------------------------------------
@@ -98,6 +119,12 @@ class Server:
         else:
             await self._start_grpcio()
         await self._start_http()
+        # Its own thread (monitoring/alerts.py); after the HTTP site: generatorURL names it.
+        self._alerts = AlertEvaluator.for_server(self.runtime, s, self.http_port)
+        self._alerts.start()
+        self.http_api.alerts = self._alerts
+        if self.siblings is not None:
+            await self.siblings.start()  # its worker socket, before the ready line
         self._health_task = asyncio.create_task(self._health_loop(), name="health-refresh")
         self._lag_task = asyncio.create_task(self._lag_loop(), name="loop-lag")
         log.info(
@@ -142,6 +169,9 @@ class Server:
         frontend.start()
         self._bridge = GrpcBridge(frontend, handlers)
         self._bridge.start()
+        if s.log_sample_rate > 0:
+            self._request_log = NativeRequestLog(frontend)
+            self._request_log.start()
         self.grpc_port = frontend.port
 
     async def _start_grpcio(self) -> None:
@@ -177,7 +207,8 @@ class Server:
 
     async def _start_http(self) -> None:
         s = self.settings
-        app = web.Application(middlewares=[json_errors])
+        # Bodies up to the message limit (a REST inference, a load with its config).
+        app = web.Application(middlewares=[json_errors], client_max_size=s.max_message_bytes)
         self.http_api.add_routes(app)
         runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()
@@ -241,6 +272,8 @@ class Server:
         if self._stopping:
             return
         self._stopping = True
+        if self._alerts is not None:  # first: a model draining on shutdown is no alert
+            await asyncio.to_thread(self._alerts.stop)
         t0 = time.monotonic()
         log.info("shutting down", extra={"grace_s": self.settings.grace_s})
         self._servicer.begin_shutdown()
@@ -266,12 +299,16 @@ class Server:
         if self._bridge is not None:
             await self._bridge.close()  # what is left (health watchers) gets UNAVAILABLE
         await asyncio.to_thread(self.runtime.close)  # drains what the runtime accepted
+        if self._request_log is not None:
+            await self._request_log.stop()  # every answered request's line is out
         if self._native is not None:
             stats = self._native.stats()
             await asyncio.to_thread(self._native.stop)
             log.info("native frontend stopped", extra={"stats": stats})
         if self._http is not None:
             await self._http.cleanup()
+        if self.siblings is not None:  # last: siblings' scrapes see this worker's figures
+            await self.siblings.close()
         log.info("shutdown complete", extra={"seconds": round(time.monotonic() - t0, 3)})
 
     # -- banner --------------------------------------------------------------------------

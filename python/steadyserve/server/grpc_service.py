@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from importlib import metadata as _metadata
 
@@ -29,6 +31,7 @@ from ..errors import (
     SteadyServeError,
     UnavailableError,
 )
+from . import request_log
 from .management import TOKEN_HEADER, parameter_value
 from .status import abort_with, status_of
 
@@ -61,6 +64,11 @@ def server_version() -> str:
 # (or refuse) before the client gives up, and a client cancelling at its deadline then
 # finds the request already expired here rather than merely cancelled.
 RESPONSE_ALLOWANCE_NS = 1_000_000
+# A --workers worker's ModelStatistics: which workers' figures it sums (JSON, {"answered":
+# [...], "missing": [...]}), as trailing metadata (grpcio; the native bridge sends none).
+WORKERS_METADATA = "steadyserve-workers"
+# Metadata the request id comes in and goes back in (the native frontend's too).
+REQUEST_ID_HEADER = "x-request-id"
 
 
 def _version_key(version: str):
@@ -85,9 +93,11 @@ def _has_field(message, field: str) -> bool:
 class InferenceServicer:
     """Handlers of ``inference.GRPCInferenceService`` over a ``Runtime``."""
 
-    def __init__(self, runtime, management=None):
+    def __init__(self, runtime, management=None, log_sample_rate: float = 0.0, siblings=None):
         self._runtime = runtime
+        self.sampler = request_log.Sampler(log_sample_rate)  # grpcio's ModelInfer
         self._management = management  # server.management.Management (None: refused)
+        self._siblings = siblings  # server.siblings.Siblings of a --workers worker, else None
         self._stopping = False
 
     def begin_shutdown(self) -> None:
@@ -146,25 +156,15 @@ class InferenceServicer:
     # -- statistics and repository -------------------------------------------------------
 
     async def ModelStatistics(self, request, context):
-        index = self._runtime.model_index()
-        wanted = [
-            e
-            for e in index
-            if (not request.name or e.name == request.name)
-            and (not request.version or str(e.version) == request.version)
-        ]
-        if request.name and not wanted:
-            # Let the runtime name what is missing (model or version).
-            self._runtime.get_model(request.name, request.version or None)
+        reported = model_statistics(self._runtime, request.name, request.version)
+        if self._siblings is not None:  # a --workers worker: the whole server's figures
+            reported, workers = await self._siblings.statistics(
+                request.name, request.version, reported
+            )
+            context.set_trailing_metadata(((WORKERS_METADATA, json.dumps(workers)),))
         response = pb.ModelStatisticsResponse()
-        for entry in wanted:
-            if entry.state != "READY":
-                continue
-            try:
-                model = self._runtime.get_model(entry.name, str(entry.version))
-            except (NotFoundError, UnavailableError):
-                continue  # unloaded between the index and now
-            fill_model_statistics(response.model_stats.add(), model)
+        for name, version, stats in reported:
+            fill_model_statistics(response.model_stats.add(), name, version, stats)
         return response
 
     async def RepositoryIndex(self, request, context):
@@ -242,10 +242,32 @@ def _fill_duration(target, duration) -> None:
     target.ns = int(duration.ns)
 
 
-def fill_model_statistics(target, model) -> None:
-    stats = model.statistics()
-    target.name = model.name
-    target.version = str(model.version)
+def model_statistics(runtime, name: str = "", version: str = "") -> list:
+    """(name, version, ModelStatistics) of every ready model version that ``name`` and
+    ``version`` select ('' = any), as ModelStatistics reports them. A name that selects
+    nothing raises the runtime's error naming what is missing (model or version)."""
+    wanted = [
+        e
+        for e in runtime.model_index()
+        if (not name or e.name == name) and (not version or str(e.version) == version)
+    ]
+    if name and not wanted:
+        runtime.get_model(name, version or None)
+    reported = []
+    for entry in wanted:
+        if entry.state != "READY":
+            continue
+        try:
+            model = runtime.get_model(entry.name, str(entry.version))
+        except (NotFoundError, UnavailableError):
+            continue  # unloaded between the index and now
+        reported.append((model.name, str(model.version), model.statistics()))
+    return reported
+
+
+def fill_model_statistics(target, name: str, version: str, stats) -> None:
+    target.name = name
+    target.version = version
     target.last_inference = int(stats.last_inference_ms)
     target.inference_count = int(stats.inference_count)
     target.execution_count = int(stats.execution_count)
@@ -322,8 +344,50 @@ def _model_infer_handler(servicer: InferenceServicer) -> grpc.RpcMethodHandler:
     runtime = servicer._runtime
     core = runtime.core
     dispatcher = runtime.dispatcher
+    sampler = servicer.sampler
 
     async def handler(data: bytes, context):
+        started = time.monotonic_ns()
+        given = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "x-request-id":
+                given = value
+                break
+        try:
+            answer = await answer_of(data, context)
+        except grpc.aio.AbortError:
+            raise
+        except SteadyServeError as failure:
+            request_id = given or _generated_id()
+            context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
+            if sampler.take():
+                code, message = status_of(failure)
+                request_log.write(
+                    {
+                        "request_id": request_id,
+                        "grpc_status": code.value[0],
+                        "error": message,
+                        "latency_ms": (time.monotonic_ns() - started) / 1e6,
+                    }
+                )
+            await abort_with(context, failure, method="ModelInfer")
+        head = _response_head(answer)
+        request_id = given or head[2] or _generated_id()
+        await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
+        if sampler.take():
+            request_log.write(
+                {
+                    "request_id": request_id,
+                    "answered_by": head[0],
+                    "version": head[1],
+                    "grpc_status": 0,
+                    "latency_ms": (time.monotonic_ns() - started) / 1e6,
+                }
+            )
+        return answer
+
+    async def answer_of(data: bytes, context) -> bytes:
+        """The answer's bytes; a SteadyServeError for a refusal or failure."""
         remaining = context.time_remaining()
         deadline = 0
         if remaining is not None:
@@ -361,11 +425,38 @@ def _model_infer_handler(servicer: InferenceServicer) -> grpc.RpcMethodHandler:
         if context.time_remaining() == 0:
             # The gRPC deadline has passed: gRPC answers DEADLINE_EXCEEDED itself.
             raise asyncio.CancelledError() from None
-        await abort_with(context, failure, method="ModelInfer")
+        raise failure
 
     return grpc.unary_unary_rpc_method_handler(
         handler, request_deserializer=None, response_serializer=None
     )
+
+
+def _generated_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _response_head(raw: bytes) -> tuple[str, str, str]:
+    """(model_name, model_version, id) of a serialized ModelInferResponse: the core
+    writes them first, as fields 1, 2 and 3; "" for one that is absent."""
+    found = ["", "", ""]
+    pos = 0
+    while pos < len(raw):
+        key = raw[pos]
+        number, wire = key >> 3, key & 7
+        if wire != 2 or not 1 <= number <= 3:
+            break
+        length, shift, pos = 0, 0, pos + 1
+        while pos < len(raw):
+            byte = raw[pos]
+            pos += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        found[number - 1] = raw[pos : pos + length].decode("utf-8", "replace")
+        pos += length
+    return found[0], found[1], found[2]
 
 
 def _varint(n: int) -> bytes:

@@ -8,6 +8,7 @@ code maps to, ``_HTTP_STATUS``): V2 clients parse the body of any answer.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 
@@ -20,13 +21,23 @@ from .settings import ServerSettings
 
 log = logging.getLogger("steadyserve.server")
 
+# gRPC code -> HTTP status, as google.rpc.Code documents the pairs (what grpc-gateway and
+# Envoy's transcoder use). V2 clients (tritonclient.http, KServe's) read the JSON error
+# of any non-200 answer alike; the status is for HTTP infrastructure: 429 and 503 say
+# "retry later or elsewhere", 504 "it ran out of time" (Triton's own 400 for these
+# would tell a proxy the request itself is bad).
 _HTTP_STATUS = {
     "INVALID_ARGUMENT": 400,
     "UNAUTHENTICATED": 401,
     "PERMISSION_DENIED": 403,
     "NOT_FOUND": 404,
     "FAILED_PRECONDITION": 409,
+    "RESOURCE_EXHAUSTED": 429,
+    "CANCELLED": 499,
+    "INTERNAL": 500,
+    "UNIMPLEMENTED": 501,
     "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
 }
 
 
@@ -43,7 +54,10 @@ async def json_errors(request: web.Request, handler):
 
 
 def _http_error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+    # "application/json" without a charset, as the V2 routes answer: KServe's client
+    # reads an error's message only under exactly that content type.
+    body = json.dumps({"error": message}).encode()
+    return web.Response(body=body, status=status, content_type="application/json")
 
 
 async def _json_body(request: web.Request, default):
@@ -80,11 +94,17 @@ class HttpApi:
         settings: ServerSettings,
         management: Management,
         stopping: Callable[[], bool],
+        siblings=None,
+        servicer=None,
     ):
         self.runtime = runtime
         self.settings = settings
         self.management = management
         self._stopping = stopping
+        # A --workers worker's siblings.Siblings (None: one server): drift, failover
+        # and /metrics then answer for every worker.
+        self.siblings = siblings
+        self.servicer = servicer  # the gRPC handlers REST shares (None: REST makes its own)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/v2/health/live", self._http_live)
@@ -101,8 +121,12 @@ class HttpApi:
         app.router.add_get("/v2/models/{name}/lifecycle", self._http_lifecycle)
         app.router.add_get("/v2/models/{name}/shadow", self._http_shadow)
         app.router.add_get("/v2/failover", self._http_failover)
+        app.router.add_get("/v2/alerts", self._http_alerts)
         app.router.add_post("/v2/models/{name}/fault", self._http_fault)
         app.router.add_post("/v2/models/{name}/versions/{version}/fault", self._http_fault)
+        from .rest_v2 import add_v2_routes  # here: rest_v2 imports this module
+
+        add_v2_routes(app, self.runtime, self.settings, self._stopping, self.servicer)
 
     async def _http_live(self, request: web.Request) -> web.Response:
         return web.json_response({"live": True})
@@ -132,15 +156,27 @@ class HttpApi:
                 request.match_info["name"], request.match_info.get("version")
             )
         except NotFoundError as exc:
-            return web.json_response({"error": str(exc)}, status=404)
+            return _http_error(404, str(exc))
         except UnavailableError as exc:
-            return web.json_response({"error": str(exc)}, status=503)
+            return _http_error(503, str(exc))
         except SteadyServeError as exc:  # e.g. a malformed name
-            return web.json_response({"error": str(exc)}, status=400)
+            return _http_error(400, str(exc))
+        if self.siblings is not None:
+            return web.json_response(await self.siblings.drift_report(model))
         return web.json_response(model.drift_report())
+
+    alerts = None  # the monitoring.alerts.AlertEvaluator; Server.start sets it
+
+    async def _http_alerts(self, request: web.Request) -> web.Response:
+        """Alerts firing and pending, and the receivers' counts (AlertEvaluator.report)."""
+        if self.alerts is None:
+            return _http_error(503, "alert evaluation is not running")
+        return web.json_response(self.alerts.report())
 
     async def _http_failover(self, request: web.Request) -> web.Response:
         """Circuit states, backup chains and failover counts (Runtime.failover_report)."""
+        if self.siblings is not None:
+            return web.json_response(await self.siblings.failover_report())
         return web.json_response(self.runtime.failover_report())
 
     async def _http_fault(self, request: web.Request) -> web.Response:
@@ -152,15 +188,14 @@ class HttpApi:
         try:
             body = await request.json()
         except ValueError:
-            return web.json_response({"error": f"body is not JSON: {usage}"}, status=400)
+            return _http_error(400, f"body is not JSON: {usage}")
         kind = body.get("kind") if isinstance(body, dict) else None
         delay_ms = body.get("delay_ms", 0) if isinstance(body, dict) else 0
         if not isinstance(kind, str):
-            return web.json_response({"error": f"no 'kind': {usage}"}, status=400)
+            return _http_error(400, f"no 'kind': {usage}")
         if isinstance(delay_ms, bool) or not isinstance(delay_ms, (int, float)):
-            return web.json_response(
-                {"error": f"'delay_ms' must be a number of milliseconds; got {delay_ms!r}"},
-                status=400,
+            return _http_error(
+                400, f"'delay_ms' must be a number of milliseconds; got {delay_ms!r}"
             )
         try:
             if kind == "clear":
@@ -170,7 +205,7 @@ class HttpApi:
                 fault = self.runtime.inject_fault(name, kind, delay_ms=delay_ms, version=version)
         except SteadyServeError as exc:
             status = _HTTP_STATUS.get(exc.grpc_code, 500)
-            return web.json_response({"error": str(exc)}, status=status)
+            return _http_error(status, str(exc))
         what = "cleared" if fault is None else f"injected: {fault.describe()}"
         log.warning("fault %s", what, extra={"model": name, "fault": kind})
         return web.json_response(
@@ -233,7 +268,10 @@ class HttpApi:
         return await _http_call(_answer(self.runtime.shadow_report, request.match_info["name"]))
 
     async def _http_metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self.runtime.metrics.registry)
+        if self.siblings is not None:
+            body = (await self.siblings.metrics()).encode()
+        else:
+            body = generate_latest(self.runtime.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MIB = 1024 * 1024
 
@@ -105,6 +106,20 @@ class ServerSettings(BaseModel):
         default=False,
         description="accept POST /v2/models/{name}/fault (drills and tests); off in production",
     )
+    # -- alerts (monitoring/alerts.py; the rules are in each model's config) -------------
+    alertmanager_url: str | None = Field(
+        default=None,
+        description="Alertmanager to send alerts to (API v2: POST {url}/api/v2/alerts), "
+        "e.g. http://alertmanager:9093; None: alerts are only listed at GET /v2/alerts",
+    )
+    alert_webhook: str | None = Field(
+        default=None,
+        description='URL that gets a JSON POST {"status": "firing"|"resolved", "alerts": '
+        "[...]} when an alert fires or resolves",
+    )
+    alert_interval_s: float = Field(
+        default=10.0, ge=0.1, le=3600.0, description="seconds between evaluations of the rules"
+    )
     # -- the native frontend's limits (None: the frontend's own default) ------------------
     max_connections: int | None = Field(
         default=None, ge=1, le=1_000_000, description="open connections; more are refused"
@@ -125,6 +140,25 @@ class ServerSettings(BaseModel):
     # as they are instead of binding host:port.
     grpc_fd: int | None = Field(default=None, ge=0)
     http_fd: int | None = Field(default=None, ge=0)
+    # A --workers worker: its index and the supervisor's private directory, where each
+    # worker serves its own figures on a unix socket (server/siblings.py) and asks the
+    # others' when it answers /metrics, ModelStatistics, drift or failover.
+    worker_index: int | None = Field(default=None, ge=0, lt=64)
+    worker_dir: str | None = Field(default=None, min_length=1)
+
+    @field_validator("alertmanager_url", "alert_webhook")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not an http:// or https:// URL with a host")
+        try:
+            parts.port  # noqa: B018 (a port that is not a number raises here)
+        except ValueError as exc:
+            raise ValueError(f"{value!r}: {exc}") from None
+        return value
 
     @model_validator(mode="after")
     def _lifecycle(self) -> ServerSettings:
@@ -136,6 +170,14 @@ class ServerSettings(BaseModel):
                 "model_control_mode explicit needs workers 1: a load request would reach one "
                 "worker of several; use model_control_mode poll with workers"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _worker(self) -> ServerSettings:
+        if (self.worker_index is None) != (self.worker_dir is None):
+            raise ValueError("worker_index and worker_dir go together (set by --workers)")
+        if self.worker_index is not None and self.worker_index >= self.workers:
+            raise ValueError(f"worker_index must be below workers ({self.workers})")
         return self
 
     @model_validator(mode="after")
@@ -153,6 +195,7 @@ class ServerSettings(BaseModel):
             "port": self.grpc_port,
             "listen_fd": -1 if self.grpc_fd is None else self.grpc_fd,
             "max_message_bytes": self.max_message_bytes,
+            "log_sample_rate": self.log_sample_rate,
         }
         for name in ("max_connections", "max_concurrent_streams", "io_threads", "idle_timeout_s"):
             if getattr(self, name) is not None:

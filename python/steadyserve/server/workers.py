@@ -21,19 +21,25 @@ when all exited 0. How the ports are shared depends on the frontend:
   a bound, never listening, SO_REUSEPORT placeholder that keeps the port until the
   workers hold it.
 
-Each worker has its own batcher, statistics and metrics: a Prometheus scrape
-reaches one worker at random, so scrape each worker's own port or sum in the
-query (``sum by (model) (...)``).
+Each worker has its own batcher, statistics, circuit breakers and drift windows.
+So that a scrape or a report describes the whole server whichever worker it
+reaches, the supervisor makes a private directory (mode 0700, removed at exit) and
+gives each worker its index and that directory (``--worker-index I --worker-dir
+DIR``); each worker serves its own figures on ``DIR/worker-I.sock`` and the one that
+answers /metrics, ModelStatistics, drift or failover asks the others and merges
+(``siblings.py``, ``monitoring/aggregate.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -59,9 +65,35 @@ def run_workers(
     ready_timeout_s: float = 300.0,
 ) -> int:
     """Start ``count`` workers, print one ready line, forward stop signals, return the
-    exit code. ``worker_argv(grpc_port, http_port, fds)`` gives each one's command
-    line; ``fds`` is the worker's (gRPC, HTTP) listening sockets with ``hand_sockets``
-    (native), else None (each worker binds with SO_REUSEPORT itself)."""
+    exit code. ``worker_argv(index, worker_dir, grpc_port, http_port, fds)`` gives each
+    one's command line; ``worker_dir`` is the private directory of this run's workers'
+    sockets; ``fds`` is the worker's (gRPC, HTTP) listening sockets with
+    ``hand_sockets`` (native), else None (each worker binds with SO_REUSEPORT itself)."""
+    worker_dir = tempfile.mkdtemp(prefix="steadyserve-workers-")  # mode 0700
+    try:
+        return _run_workers(
+            count,
+            lambda index, *ports: worker_argv(index, worker_dir, *ports),
+            host,
+            grpc_port,
+            http_port,
+            hand_sockets=hand_sockets,
+            ready_timeout_s=ready_timeout_s,
+        )
+    finally:
+        shutil.rmtree(worker_dir, ignore_errors=True)
+
+
+def _run_workers(
+    count: int,
+    worker_argv,
+    host: str,
+    grpc_port: int,
+    http_port: int,
+    *,
+    hand_sockets: bool,
+    ready_timeout_s: float,
+) -> int:
     held: list[socket.socket] = []  # the supervisor's sockets, closed once workers hold them
     try:
         if hand_sockets:
@@ -113,7 +145,7 @@ def run_workers(
         for index in range(count):
             fds = pairs[index]
             proc = subprocess.Popen(
-                worker_argv(grpc_port, http_port, fds),
+                worker_argv(index, grpc_port, http_port, fds),
                 stdout=subprocess.PIPE,
                 text=True,
                 pass_fds=fds or (),
