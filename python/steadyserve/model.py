@@ -282,16 +282,31 @@ class ServableModel:
                 monitors[spec.name] = (monitor, stats)
         return contracts, monitors
 
+    def drift_windows(self) -> dict[str, dict[str, tuple]]:
+        """The raw live windows: {"inputs"|"outputs": {tensor: (snapshot, stats, feature
+        names)}}; snapshots of several processes add up (the --workers merge)."""
+        return {
+            "inputs": {
+                name: (transform.snapshot(), stats, names)
+                for name, (transform, names, stats) in self._contracts.items()
+            },
+            "outputs": {
+                name: (monitor.snapshot(), stats, None)
+                for name, (monitor, stats) in self._monitors.items()
+            },
+        }
+
     def drift_report(self) -> dict[str, Any]:
         """Live drift and data quality against the reference, per input and output."""
         drift = self.config.drift
+        windows = self.drift_windows()
         inputs = {
-            name: drift_section(transform.snapshot(), stats, names, drift)
-            for name, (transform, names, stats) in self._contracts.items()
+            name: drift_section(snapshot, stats, names, drift)
+            for name, (snapshot, stats, names) in windows["inputs"].items()
         }
         outputs = {
-            name: drift_section(monitor.snapshot(), stats, None, drift)
-            for name, (monitor, stats) in self._monitors.items()
+            name: drift_section(snapshot, stats, names, drift)
+            for name, (snapshot, stats, names) in windows["outputs"].items()
         }
         return {
             "model": self.name,

@@ -77,21 +77,6 @@ def _selected_models(runtime, name: str = "", version: str = "") -> list:
     ]
 
 
-def _tensors(model) -> dict[str, dict[str, tuple]]:
-    """{"inputs"|"outputs": {tensor: (snapshot, stats, feature names)}} of a model version.
-    ServableModel keeps its transforms and monitors to itself and publishes only
-    drift_report(), whose PSIs cannot be merged: the raw windows are read here."""
-    inputs = {
-        tensor: (transform.snapshot(), stats, names)
-        for tensor, (transform, names, stats) in model._contracts.items()
-    }
-    outputs = {
-        tensor: (monitor.snapshot(), stats, None)
-        for tensor, (monitor, stats) in model._monitors.items()
-    }
-    return {"inputs": inputs, "outputs": outputs}
-
-
 def _reference_digest(stats) -> str:
     """Which reference a window is binned against: windows of different references
     (a refitted stats.json that one worker reloaded already) are not summed."""
@@ -105,7 +90,7 @@ def own_drift_windows(runtime, name: str = "", version: str = "") -> list[dict[s
     out = []
     for model in _selected_models(runtime, name, version):
         entry: dict[str, Any] = {"model": model.name, "version": str(model.version)}
-        for section, tensors in _tensors(model).items():
+        for section, tensors in model.drift_windows().items():
             entry[section] = {
                 tensor: {
                     "window": aggregate.snapshot_dict(snapshot),
@@ -350,7 +335,7 @@ class Siblings:
         ``windows`` {worker: their own_drift_windows}, the workers left out because
         their window is binned by another reference)."""
         report = model.drift_report()  # the header, and the sections replaced below
-        tensors = _tensors(model)
+        tensors = model.drift_windows()
         other_reference: set[int] = set()
         for section in ("inputs", "outputs"):
             for tensor, (snapshot, stats, names) in tensors[section].items():
