@@ -422,3 +422,31 @@ def test_drift_and_fault_pointed_at_the_grpc_port_say_so(server, capsys):
     assert cli_main(["fault", "linear", "clear", "--url", grpc_url, "--timeout", "5"]) == 1
     err = capsys.readouterr().err
     assert "is --url the gRPC port?" in err and "Traceback" not in err
+
+
+def test_a_reset_connection_says_which_port_too(capsys):
+    """The native gRPC port may close an HTTP/1.1 request with a reset while its body is
+    still going out (it answers with a GOAWAY): that too is "is --url the gRPC port?"."""
+    import socket
+    import struct
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+
+    def reset_everyone():
+        for _ in range(2):
+            conn, _ = listener.accept()
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()  # RST, not FIN
+
+    thread = threading.Thread(target=reset_everyone, daemon=True)
+    thread.start()
+    url = f"127.0.0.1:{listener.getsockname()[1]}"
+    assert cli_main(["fault", "linear", "clear", "--url", url, "--timeout", "5"]) == 1
+    assert cli_main(["drift", "--url", url, "linear", "--timeout", "5"]) == 1
+    thread.join(timeout=10)
+    listener.close()
+    err = capsys.readouterr().err
+    assert err.count("is --url the gRPC port?") == 2 and "Traceback" not in err

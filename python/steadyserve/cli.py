@@ -18,10 +18,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 PROG = "steadyserve"
-# The answer did not parse as HTTP/1.1: on this server that means the gRPC port (HTTP/2 only).
+# The answer did not parse as HTTP/1.1, or the connection was reset while the request went
+# out: on this server that means the gRPC port (HTTP/2 only; it answers an HTTP/1.1 request
+# with a GOAWAY and closes, which a client still sending its body sees as a reset).
 NOT_HTTP_PORT = (
-    "the answer is not HTTP/1.1 - is --url the gRPC port? These commands talk to the HTTP "
-    "port (--http-port, default 8000)"
+    "the answer is not HTTP/1.1 (or the connection was reset) - is --url the gRPC port? "
+    "These commands talk to the HTTP port (--http-port, default 8000)"
 )
 ONNXRUNTIME_HINT = (
     "ONNX Runtime is not installed, and steadyserve needs it to run models. Install it with\n"
@@ -56,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="serve a model repository over gRPC (KServe V2) with an HTTP side port",
         description="Serve every model in REPO (REPO/<model>/<version>/model.onnx).",
+        epilog="Every flag can also come from the environment: --foo-bar from "
+        "STEADYSERVE_FOO_BAR (e.g. STEADYSERVE_GRPC_PORT=8001, STEADYSERVE_MODEL_CONTROL_MODE="
+        "poll, STEADYSERVE_ALLOW_FAULT_INJECTION=true, STEADYSERVE_LOAD_MODEL=a,b); a flag on "
+        "the command line wins over its variable (--load-model: the names of both load).",
     )
     serve.add_argument("repo", nargs="?", metavar="REPO", help="model repository directory")
     serve.add_argument(
@@ -194,9 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     lifecycle.add_argument(
         "--management-token",
         metavar="TOKEN",
-        default=os.environ.get("STEADYSERVE_MANAGEMENT_TOKEN"),
         help="load, unload and rollback need 'authorization: Bearer TOKEN' "
-        "(default: $STEADYSERVE_MANAGEMENT_TOKEN; unset: no token needed)",
+        "(unset: no token needed; keep it out of the command line: "
+        "$STEADYSERVE_MANAGEMENT_TOKEN)",
     )
     alerts = serve.add_argument_group("alerts (rules: each model's config.yaml, alerts:)")
     alerts.add_argument(
@@ -373,7 +379,51 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("dir", metavar="DIR", help="where to write it (created if missing)")
 
     sub.add_parser("version", help="print the steadyserve version")
+    parser.serve_parser = serve  # for env_defaults
     return parser
+
+
+ENV_PREFIX = "STEADYSERVE_"
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def env_name(action: argparse.Action) -> str:
+    """The environment variable of a flag: --grpc-port -> STEADYSERVE_GRPC_PORT."""
+    flag = max(action.option_strings, key=len)
+    return ENV_PREFIX + flag.lstrip("-").upper().replace("-", "_")
+
+
+def env_defaults(parser: argparse.ArgumentParser, environ=os.environ) -> list[str]:
+    """Set the defaults of ``parser``'s flags from STEADYSERVE_* variables (a flag on
+    the command line still wins); returns the variables used. A value the flag would
+    refuse is a UsageError naming the variable."""
+    used = []
+    for action in parser._actions:
+        if not action.option_strings or action.help == argparse.SUPPRESS:
+            continue
+        if isinstance(action, argparse._HelpAction):
+            continue
+        name = env_name(action)
+        raw = environ.get(name)
+        if raw is None:
+            continue
+        if isinstance(action, argparse._StoreTrueAction):
+            if raw.strip().lower() not in (*_TRUE, *_FALSE):
+                raise UsageError(f"{name}={raw!r}: expected one of {', '.join(_TRUE + _FALSE)}")
+            value = raw.strip().lower() in _TRUE
+        elif isinstance(action, argparse._AppendAction):
+            value = [part for part in raw.replace(",", " ").split() if part]
+        else:
+            try:
+                value = action.type(raw) if action.type is not None else raw
+            except (TypeError, ValueError):
+                raise UsageError(f"{name}={raw!r}: not a valid {action.type.__name__}") from None
+            if action.choices is not None and value not in action.choices:
+                choices = ", ".join(map(str, action.choices))
+                raise UsageError(f"{name}={raw!r}: expected one of {choices}")
+        action.default = value
+        used.append(name)
+    return used
 
 
 # ServerSettings field -> the flag that sets it (for error messages).
@@ -897,7 +947,7 @@ def _fetch_drift(url: str, model: str, version: str | None, timeout: float) -> d
         except ValueError:
             reason = exc.reason
         raise _FetchError(f"{base}{path}/drift: HTTP {exc.code}: {reason}") from None
-    except http.client.HTTPException:
+    except (http.client.HTTPException, ConnectionResetError):
         raise _FetchError(f"cannot get {base}{path}/drift: {NOT_HTTP_PORT}") from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         why = getattr(exc, "reason", exc)
@@ -1013,7 +1063,7 @@ def _post_json(command: str, url: str, body: dict, timeout: float, token: str | 
             reason = exc.reason
         print(f"{PROG} {command}: refused (HTTP {exc.code}): {reason}", file=sys.stderr)
         return None
-    except http.client.HTTPException:
+    except (http.client.HTTPException, ConnectionResetError):
         print(f"{PROG} {command}: error: cannot reach {url}: {NOT_HTTP_PORT}", file=sys.stderr)
         return None
     except (urllib.error.URLError, OSError, ValueError) as exc:
@@ -1069,6 +1119,13 @@ def _cmd_fault(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        try:
+            if env_defaults(parser.serve_parser):
+                args = parser.parse_args(argv)  # again, with the environment's defaults
+        except UsageError as exc:
+            print(f"{PROG} serve: error: {exc}", file=sys.stderr)
+            return 2
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
