@@ -14,8 +14,8 @@ and interleaved (json, binary, grpc, then grpc, binary, json, ...). Before any l
 form's answer is compared with the gRPC one; after each run the server's own counters
 (ModelStatistics success/fail, steadyserve_requests_total by outcome) must show no
 failure or refusal and at least as many successes as h2load counted: h2load counts a
-gRPC error as HTTP 200, so a gRPC run with refusals (the demo's 20 ms default deadline,
-admission control) shows an inflated req/s and is marked not verified. Latency
+gRPC error as HTTP 200, so a gRPC run with refusals (a full queue, admission control)
+shows an inflated req/s and is marked not verified. Latency
 percentiles come from h2load's per-request log.
 
     python benchmarks/rest_load.py                      # c=16, 3 x 4 s per form

@@ -83,7 +83,8 @@ class TensorConfig(_Section):
 class BatchingConfig(_Section):
     preferred_batch_sizes: list[int] = Field(
         default_factory=list,
-        description="batch sizes the batcher closes a batch at as soon as it has them; "
+        description="batch sizes: the batcher closes a batch as soon as it reaches the "
+        "largest of them; "
         "each 1..max_batch_size, no duplicates",
     )
     max_queue_delay_us: int = Field(
