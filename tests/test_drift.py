@@ -450,3 +450,21 @@ def test_a_reset_connection_says_which_port_too(capsys):
     listener.close()
     err = capsys.readouterr().err
     assert err.count("is --url the gRPC port?") == 2 and "Traceback" not in err
+
+
+def test_a_reset_reads_as_the_grpc_port_however_it_surfaces():
+    """urllib reports a reset bare (hit while reading the answer) or wrapped in a URLError
+    (hit while sending the request): both say which port the commands want."""
+    import http.client
+    import urllib.error
+
+    from steadyserve.cli import NOT_HTTP_PORT, _why_unreachable
+
+    for exc in (
+        ConnectionResetError(104, "Connection reset by peer"),
+        urllib.error.URLError(ConnectionResetError(104, "Connection reset by peer")),
+        http.client.BadStatusLine("\x00\x00\x12\x04"),
+    ):
+        assert _why_unreachable(exc) == NOT_HTTP_PORT
+    refused = urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+    assert "is the server up" in _why_unreachable(refused)

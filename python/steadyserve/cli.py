@@ -947,13 +947,8 @@ def _fetch_drift(url: str, model: str, version: str | None, timeout: float) -> d
         except ValueError:
             reason = exc.reason
         raise _FetchError(f"{base}{path}/drift: HTTP {exc.code}: {reason}") from None
-    except (http.client.HTTPException, ConnectionResetError):
-        raise _FetchError(f"cannot get {base}{path}/drift: {NOT_HTTP_PORT}") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        why = getattr(exc, "reason", exc)
-        raise _FetchError(
-            f"cannot get {base}{path}/drift: {why} (is the server up, and is --url its HTTP port?)"
-        ) from None
+    except (http.client.HTTPException, urllib.error.URLError, OSError, ValueError) as exc:
+        raise _FetchError(f"cannot get {base}{path}/drift: {_why_unreachable(exc)}") from None
 
 
 def _cmd_drift(args: argparse.Namespace) -> int:
@@ -1063,17 +1058,22 @@ def _post_json(command: str, url: str, body: dict, timeout: float, token: str | 
             reason = exc.reason
         print(f"{PROG} {command}: refused (HTTP {exc.code}): {reason}", file=sys.stderr)
         return None
-    except (http.client.HTTPException, ConnectionResetError):
-        print(f"{PROG} {command}: error: cannot reach {url}: {NOT_HTTP_PORT}", file=sys.stderr)
-        return None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        why = getattr(exc, "reason", exc)
+    except (http.client.HTTPException, urllib.error.URLError, OSError, ValueError) as exc:
         print(
-            f"{PROG} {command}: error: cannot reach {url}: {why} "
-            "(is the server up, and is --url its HTTP port?)",
-            file=sys.stderr,
+            f"{PROG} {command}: error: cannot reach {url}: {_why_unreachable(exc)}", file=sys.stderr
         )
         return None
+
+
+def _why_unreachable(exc: BaseException) -> str:
+    """Why a request to a server's HTTP port got no HTTP answer, as the commands say it.
+    A reset comes bare or wrapped in a URLError, depending on when it hit the request."""
+    import http.client
+
+    reason = getattr(exc, "reason", exc)
+    if isinstance(exc, http.client.HTTPException) or isinstance(reason, ConnectionResetError):
+        return NOT_HTTP_PORT
+    return f"{reason} (is the server up, and is --url its HTTP port?)"
 
 
 def _base_url(url: str) -> str:

@@ -182,6 +182,10 @@ class AlertEvaluator:
         self._thread = threading.Thread(target=self._run, name="steadyserve-alerts", daemon=True)
         self._thread.start()
 
+    def request_stop(self) -> None:
+        """No evaluation starts from now on (one running finishes); returns at once."""
+        self._stop.set()
+
     def stop(self) -> None:
         """Stop evaluating and sending (firing alerts expire in Alertmanager at endsAt)."""
         self._stop.set()

@@ -272,8 +272,10 @@ class Server:
         if self._stopping:
             return
         self._stopping = True
-        if self._alerts is not None:  # first: a model draining on shutdown is no alert
-            await asyncio.to_thread(self._alerts.stop)
+        if self._alerts is not None:
+            # First, and without waiting: a model draining on shutdown is no alert, and an
+            # evaluation under way must not hold back the drain (joined before the close).
+            self._alerts.request_stop()
         t0 = time.monotonic()
         log.info("shutting down", extra={"grace_s": self.settings.grace_s})
         self._servicer.begin_shutdown()
@@ -298,6 +300,8 @@ class Server:
                 )
         if self._bridge is not None:
             await self._bridge.close()  # what is left (health watchers) gets UNAVAILABLE
+        if self._alerts is not None:
+            await asyncio.to_thread(self._alerts.stop)  # before the models it reads close
         await asyncio.to_thread(self.runtime.close)  # drains what the runtime accepted
         if self._request_log is not None:
             await self._request_log.stop()  # every answered request's line is out
