@@ -82,6 +82,22 @@ def write_linear(
     return w, b
 
 
+def linear_answer(seed: int, x: np.ndarray) -> np.ndarray:
+    """What ``write_linear(..., seed=seed)`` (4 in, 3 out) answers for ``x``: the same draws."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((4, 3)).astype(np.float32)
+    b = rng.standard_normal(3).astype(np.float32)
+    return x @ w + b
+
+
+def linear_seed(y: np.ndarray, x: np.ndarray, seeds) -> int:
+    """The seed whose ``write_linear`` weights computed ``y`` from ``x``."""
+    for seed in seeds:
+        if np.allclose(y, linear_answer(seed, x), atol=1e-5):
+            return seed
+    raise AssertionError(f"answer {y} is from none of the seeds {seeds}")
+
+
 def write_identity(path: Path | str, datatype: str = "FP32", dims: Sequence[int] = (-1, 4)) -> None:
     """output = input, for any datatype (including "BYTES", string tensors)."""
     graph = helper.make_graph(

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import steadyserve
-from onnx_models import make_repo, write_identity, write_linear
+from onnx_models import linear_answer, make_repo, write_identity, write_linear
 from steadyserve.config import CircuitConfig
 from steadyserve.errors import (
     DeadlineExceededError,
@@ -37,10 +37,7 @@ def linear(seed: int, n_in: int = 4, n_out: int = 3):
 
 
 def expected(seed: int, x: np.ndarray = X) -> np.ndarray:
-    rng = np.random.default_rng(seed)  # the same draws as write_linear
-    w = rng.standard_normal((4, 3)).astype(np.float32)
-    b = rng.standard_normal(3).astype(np.float32)
-    return x @ w + b
+    return linear_answer(seed, x)
 
 
 def failover(**extra) -> dict:

@@ -26,6 +26,7 @@ import numpy as np
 from .config import METRICS
 from .datatypes import TensorSpec, coerce
 from .errors import InvalidArgumentError
+from .features.fit import csv_number
 
 SUFFIXES = (".npz", ".csv")
 TASKS = ("auto", "classification", "regression")
@@ -161,7 +162,7 @@ def _load_csv(path: Path, inputs: list[TensorSpec], label: str) -> Holdout:
         raise InvalidArgumentError(f"holdout set {path} is empty")
     header = [c.strip() for c in lines[0][1]]
     if label not in header:
-        if all(_number(c) is not None for c in header):
+        if all(csv_number(c) is not None for c in header):
             problem = "has no header row: the first line must name the columns"
         else:
             problem = f"has no column '{label}' (the labels)"
@@ -184,7 +185,7 @@ def _load_csv(path: Path, inputs: list[TensorSpec], label: str) -> Holdout:
                 f"holdout set {path} line {line}: {len(row)} cells, the header has {len(header)}"
             )
         for j, cell in enumerate(row):
-            value = _number(cell)
+            value = csv_number(cell)
             if value is None or (j == at and math.isnan(value)):
                 raise InvalidArgumentError(
                     f"holdout set {path} line {line}, column '{header[j]}': {cell.strip()!r} "
@@ -194,17 +195,6 @@ def _load_csv(path: Path, inputs: list[TensorSpec], label: str) -> Holdout:
     labels = values[:, at]
     feature_values = np.delete(values, at, axis=1).astype(np.float32)
     return Holdout({spec.name: feature_values}, labels, path)
-
-
-def _number(cell: str) -> float | None:
-    """The cell's value; NaN for an empty cell, None for text."""
-    cell = cell.strip()
-    if not cell:
-        return math.nan
-    try:
-        return float(cell)
-    except ValueError:
-        return None
 
 
 # --------------------------------------------------------------------- scoring

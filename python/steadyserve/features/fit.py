@@ -65,6 +65,17 @@ def _numeric(array: np.ndarray, what: str) -> np.ndarray:
     return array
 
 
+def csv_number(cell: str) -> float | None:
+    """A CSV cell's value: NaN for an empty cell (a missing value), None for text."""
+    cell = cell.strip()
+    if not cell:
+        return math.nan
+    try:
+        return float(cell)
+    except ValueError:
+        return None
+
+
 def _read_csv(path: Path) -> tuple[dict[str, np.ndarray], list[str] | None]:
     import csv
 
@@ -77,18 +88,9 @@ def _read_csv(path: Path) -> tuple[dict[str, np.ndarray], list[str] | None]:
     if not lines:
         raise DataError(f"{path} is empty")
 
-    def number(cell: str) -> float | None:
-        cell = cell.strip()
-        if not cell:
-            return math.nan
-        try:
-            return float(cell)
-        except ValueError:
-            return None
-
     header = None
     first_line, first = lines[0]
-    if any(number(c) is None for c in first):
+    if any(csv_number(c) is None for c in first):
         header = [c.strip() for c in first]
         if any(not name for name in header):
             raise DataError(f"{path} line {first_line}: the header has an empty column name")
@@ -104,7 +106,7 @@ def _read_csv(path: Path) -> tuple[dict[str, np.ndarray], list[str] | None]:
         if len(row) != width:
             raise DataError(f"{path} line {line}: {len(row)} values, expected {width}")
         for c, cell in enumerate(row):
-            value = number(cell)
+            value = csv_number(cell)
             if value is None:
                 column = f"'{header[c]}'" if header else str(c + 1)
                 raise DataError(

@@ -25,6 +25,7 @@ receiver, with how many there were since the last line.
 
 from __future__ import annotations
 
+import abc
 import collections
 import contextlib
 import datetime as _dt
@@ -79,7 +80,7 @@ class ReceiverError(Exception):
     """A receiver answered, but not with 2xx."""
 
 
-class _Sender:
+class _Sender(abc.ABC):
     """A receiver's thread: takes what there is to send, POSTs it, backs off on failure.
 
     Subclasses keep what waits (``_take`` / ``_settle``); ``post`` is injectable (tests)."""
@@ -242,14 +243,17 @@ class _Sender:
     def target_url(self) -> str:
         return self.url
 
+    @abc.abstractmethod
     def _waiting(self) -> int:
-        raise NotImplementedError
+        """How many items wait to be sent."""
 
+    @abc.abstractmethod
     def _take(self) -> tuple[bytes, Any, int]:
-        raise NotImplementedError
+        """(body, token, items) of the next POST."""
 
+    @abc.abstractmethod
     def _settle(self, token: Any, ok: bool) -> None:
-        raise NotImplementedError
+        """The POST of ``token`` succeeded or failed: drop or keep what it sent."""
 
 
 class AlertmanagerSender(_Sender):
