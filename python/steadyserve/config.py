@@ -625,16 +625,7 @@ class AlertsConfig(_Section):
         description="a mapping: a required model does not serve (Runtime.not_ready())",
     )
 
-    @field_validator(
-        "slo_attainment",
-        "error_rate",
-        "failover_active",
-        "circuit_open",
-        "drift",
-        "input_rejection_rate",
-        "model_not_ready",
-        mode="before",
-    )
+    @field_validator("*", mode="before")  # every field is a rule
     @classmethod
     def _empty_rule(cls, value: Any) -> Any:
         return {} if value is None else value  # `error_rate:` with nothing under it

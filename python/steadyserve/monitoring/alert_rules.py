@@ -14,15 +14,7 @@ from dataclasses import dataclass, field
 
 from ..config import AlertsConfig
 
-RULES = (
-    "slo_attainment",
-    "error_rate",
-    "failover_active",
-    "circuit_open",
-    "drift",
-    "input_rejection_rate",
-    "model_not_ready",
-)
+RULES = tuple(AlertsConfig.model_fields)  # the schema names the rules, in its order
 ALERTNAMES = {r: "SteadyServe" + "".join(p.capitalize() for p in r.split("_")) for r in RULES}
 MAX_SAMPLES = 2048  # counter samples kept; spaced so that they span the longest window
 MIN_RESOLVE_TIMEOUT_S = 60.0
