@@ -190,13 +190,14 @@ class ModelManager:
             restored = self._rebuild(previous, live)
             self.previous.pop(name)
             self._stop_shadow(name)
+            # Counted before the swap: whoever sees the old versions back sees it counted.
+            self.runtime.metrics.model_rollbacks.labels(name, trigger).inc()
             self._commit(restored, live, keep_replaced=False)
             try:
                 self._attach_shadow(restored, self._prepare_shadow(restored))
             except SteadyServeError as error:  # the rollback stands; the shadow does not
                 log.error("shadow not restarted", extra={"model": name, "reason": str(error)})
             self.runtime.router.breaker(name).reset(f"rolled back ({trigger})")
-        self.runtime.metrics.model_rollbacks.labels(name, trigger).inc()
         log.warning(
             "model rolled back",
             extra={
