@@ -33,7 +33,7 @@ OUT_DIR = ROOT / "python" / "steadyserve" / "_proto"
 # Message modules only: the server registers its own handlers for the service's
 # methods (server/grpc_service.py), so protoc's servicer/stub module (*_pb2_grpc, a
 # base class of "not implemented" methods and a grpcio version check) is not made.
-PROTOS = ["model_config.proto", "grpc_predict_v2.proto"]
+PROTOS = ["model_config.proto", "grpc_predict_v2.proto", "feedback.proto"]
 MODULES = sorted(Path(p).stem + "_pb2" for p in PROTOS)
 
 _IMPORT = re.compile(r"^import (\w+_pb2) as (\w+)$", re.MULTILINE)

@@ -169,6 +169,7 @@ def test_reflection_answers_each_request_of_a_stream(server):
     names = {s.name for s in responses[0].list_services_response.service}
     assert names == {
         "inference.GRPCInferenceService",
+        "steadyserve.v1.Feedback",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     }

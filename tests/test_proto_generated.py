@@ -23,6 +23,7 @@ FILES = [
     "__init__.py",
     "grpc_predict_v2_pb2.py",
     "model_config_pb2.py",
+    "feedback_pb2.py",
 ]
 
 

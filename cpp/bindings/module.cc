@@ -9,11 +9,14 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <optional>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -157,13 +160,14 @@ py::object AnswerOf(Request* r, bool* failed) {
     std::memcpy(a.mutable_data(), o.data.data(), o.data.size());
     outputs[py::str(o.name)] = a;
   }
-  if (!r->failover) return ResultFactory()(outputs, r->answered_by, r->answered_version, py::none());
+  if (!r->failover)
+    return ResultFactory()(outputs, r->answered_by, r->answered_version, py::none(), r->request_id);
   py::dict params;
   params["failover"] = true;
   if (r->default_output) params["default_output"] = true;
   else params["failover_from"] = r->model;
   params["failover_reason"] = r->failover_reasons;
-  return ResultFactory()(outputs, r->answered_by, r->answered_version, params);
+  return ResultFactory()(outputs, r->answered_by, r->answered_version, params, r->request_id);
 }
 
 class PyCompletionQueue {
@@ -290,8 +294,32 @@ struct BatchView {
   uint32_t buffer;
   uint32_t rows;
   uint32_t requests;
+  uint32_t logged;  // requests drawn for the prediction log (PyModelCore::LoggedRows)
   py::list inputs;  // numpy views of the batch buffer, [rows, dims...] (BYTES: the serialized bytes)
 };
+
+// The prediction log's copy of a batch's logged requests, in batch order. Tensors hold
+// the requests' rows one request after the other.
+struct LoggedRows {
+  py::list request_ids;  // str per request (made up for in-process callers that sent none)
+  py::list asked;        // the model each request asked for
+  py::array_t<int64_t> offsets, rows;  // first row in the batch, rows
+  py::list inputs;  // per signature input: the raw rows as sent, [rows, dims...]
+  py::list scaled;  // per signature input: the model-ready rows where a transform ran, else None
+};
+
+// An id for a logged request that brought none (in-process callers): unique in this
+// process and, by a random prefix, across processes writing one log.
+std::string MadeUpRequestId() {
+  static const std::string prefix = [] {
+    std::random_device rd;
+    char buf[24];
+    std::snprintf(buf, sizeof buf, "ss-%08x%08x-", rd(), rd());
+    return std::string(buf);
+  }();
+  static std::atomic<uint64_t> serial{0};
+  return prefix + std::to_string(serial.fetch_add(1, std::memory_order_relaxed) + 1);
+}
 
 std::vector<int64_t> Dims(const py::sequence& seq) {
   std::vector<int64_t> dims;
@@ -313,6 +341,7 @@ TensorSignature TensorOf(const py::tuple& spec, bool with_transform) {
 class PyModelCore {
  public:
   std::shared_ptr<ModelCore> model;
+  std::vector<uint8_t> scratch_;  // Logged's joining buffer (executors of a model share the GIL)
 
   py::object NextBatch(py::object self, const py::object& timeout_s) {
     const int64_t timeout_ns = TimeoutNs(timeout_s);
@@ -327,7 +356,9 @@ class PyModelCore {
     }
     RaiseIfError(s);
     if (batch == nullptr) return stopped ? py::object(py::str("stopped")) : py::object(py::none());
-    BatchView view{batch->buffer, batch->rows, static_cast<uint32_t>(batch->items.size()), py::list()};
+    uint32_t logged = 0;
+    for (const BatchItem& item : batch->items) logged += item.request->logged ? 1 : 0;
+    BatchView view{batch->buffer, batch->rows, static_cast<uint32_t>(batch->items.size()), logged, py::list()};
     const auto& sig = model->signature();
     Batcher& b = model->batcher();
     for (size_t i = 0; i < sig.inputs().size(); ++i) {
@@ -350,6 +381,75 @@ class PyModelCore {
       view.inputs.append(py::array(py::dtype(NumpyName(in.dtype)), shape, strides, data, self));
     }
     return py::cast(std::move(view));
+  }
+
+  // The logged requests of the batch in `buffer` (handed out by NextBatch, not yet
+  // completed or failed): copies, since the requests are answered and recycled next.
+  LoggedRows Logged(uint32_t buffer) {
+    const Batch* batch = model->InflightBatch(buffer);
+    if (batch == nullptr) throw py::value_error("buffer " + std::to_string(buffer) + " holds no batch");
+    const auto& sig = model->signature();
+    std::vector<const BatchItem*> items;
+    int64_t total_rows = 0;
+    for (const BatchItem& item : batch->items) {
+      if (!item.request->logged) continue;
+      items.push_back(&item);
+      total_rows += item.rows;
+    }
+    LoggedRows out;
+    out.offsets = py::array_t<int64_t>(static_cast<py::ssize_t>(items.size()));
+    out.rows = py::array_t<int64_t>(static_cast<py::ssize_t>(items.size()));
+    int64_t* offsets = out.offsets.mutable_data();
+    int64_t* rows = out.rows.mutable_data();
+    for (size_t k = 0; k < items.size(); ++k) {
+      Request* r = items[k]->request;
+      if (r->request_id.empty()) r->request_id = MadeUpRequestId();  // read by its answer, after this
+      out.request_ids.append(py::str(r->request_id));
+      out.asked.append(py::str(r->model));
+      offsets[k] = items[k]->offset;
+      rows[k] = items[k]->rows;
+    }
+    for (size_t i = 0; i < sig.inputs().size(); ++i) {
+      const auto& in = sig.inputs()[i];
+      std::vector<int64_t> shape{total_rows};
+      bool fixed = true;
+      for (int64_t d : in.dims) {
+        fixed = fixed && d >= 0;
+        shape.push_back(d);
+      }
+      // The raw rows: each request's decoded input, as sent.
+      std::vector<uint8_t>& joined = scratch_;
+      joined.clear();
+      for (const BatchItem* item : items) {
+        const auto& raw = item->request->inputs[i];
+        joined.insert(joined.end(), raw.begin(), raw.end());
+      }
+      if (in.dtype == DataType::kBytes) {
+        out.inputs.append(BytesArray(joined.data(), joined.size(), fixed ? shape : std::vector<int64_t>{-1}));
+        out.scaled.append(py::none());
+        continue;
+      }
+      const size_t element = ElementSize(in.dtype);
+      if (!fixed) shape = {static_cast<int64_t>(joined.size() / element)};
+      py::array raw(DtypeOf(in.dtype), shape);
+      std::memcpy(raw.mutable_data(), joined.data(), std::min<size_t>(joined.size(), raw.nbytes()));
+      out.inputs.append(raw);
+      if (!in.transform) {
+        out.scaled.append(py::none());
+        continue;
+      }
+      py::array scaled(DtypeOf(in.dtype), shape);
+      auto* dst = static_cast<uint8_t*>(scaled.mutable_data());
+      size_t at = 0;
+      for (const BatchItem* item : items) {
+        const auto& rows_of = item->request->transformed[i];
+        const size_t n = std::min<size_t>(rows_of.size(), static_cast<size_t>(scaled.nbytes()) - at);
+        std::memcpy(dst + at, rows_of.data(), n);
+        at += n;
+      }
+      out.scaled.append(scaled);
+    }
+    return out;
   }
 
   // outputs: one numpy array (or for BYTES, a (bytes, shape) pair) per signature output, in order.
@@ -524,7 +624,8 @@ class PyInferenceCore {
   std::unique_ptr<InferenceCore> core;
 
   // Queued: the request's handle (int). Answered at once: (value, failed) as the queue would give it.
-  py::object SubmitWire(const py::bytes& data, int64_t deadline_ns, PyCompletionQueue& cq, uint64_t tag) {
+  py::object SubmitWire(const py::bytes& data, int64_t deadline_ns, PyCompletionQueue& cq, uint64_t tag,
+                        const std::string& request_id, bool request_id_wins) {
     char* ptr;
     py::ssize_t len;
     PyBytes_AsStringAndSize(data.ptr(), &ptr, &len);
@@ -536,7 +637,7 @@ class PyInferenceCore {
     {
       MaybeReleaseGil release(static_cast<uint64_t>(len) >= kReleaseGilBytes);
       s = core->SubmitWire(reinterpret_cast<const uint8_t*>(ptr), static_cast<size_t>(len), deadline_ns, cq.get(),
-                           tag, &queued, &handle, &answer, &model_name);
+                           tag, &queued, &handle, &answer, &model_name, request_id, request_id_wins);
     }
     if (!s.ok()) return py::make_tuple(ErrorOf(s.code(), s.message()), true, model_name);
     if (queued) return py::int_(handle);
@@ -548,7 +649,8 @@ class PyInferenceCore {
 
   // In-process: inputs is a mapping name -> array. cq None: returns a Pending to wait on.
   py::object Submit(const std::string& model, const std::string& version, const py::object& inputs_obj,
-                    const py::object& outputs, int64_t deadline_ns, int64_t priority, py::object cq, uint64_t tag) {
+                    const py::object& outputs, int64_t deadline_ns, int64_t priority, py::object cq, uint64_t tag,
+                    const std::string& request_id) {
     if (priority < 0)
       Raise(StatusCode::kInvalidArgument,
             "priority must be >= 0 (1 is the highest level); got " + std::to_string(priority));
@@ -633,7 +735,7 @@ class PyInferenceCore {
       MaybeReleaseGil release(total >= kReleaseGilBytes);
       const auto level = static_cast<uint32_t>(std::min<int64_t>(priority, UINT32_MAX));
       s = core->SubmitTensors(model, version, refs, k, out_views.data(), out_views.size(), deadline_ns, level,
-                              queue ? queue->get() : nullptr, tag, &queued, &r);
+                              queue ? queue->get() : nullptr, tag, &queued, &r, request_id);
     }
     RaiseIfError(s);
     if (!queued) {
@@ -717,7 +819,16 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("buffer", &BatchView::buffer)
       .def_readonly("rows", &BatchView::rows)
       .def_readonly("requests", &BatchView::requests)
+      .def_readonly("logged", &BatchView::logged)
       .def_readonly("inputs", &BatchView::inputs);
+
+  py::class_<LoggedRows>(m, "LoggedRows")
+      .def_readonly("request_ids", &LoggedRows::request_ids)
+      .def_readonly("asked", &LoggedRows::asked)
+      .def_readonly("offsets", &LoggedRows::offsets)
+      .def_readonly("rows", &LoggedRows::rows)
+      .def_readonly("inputs", &LoggedRows::inputs)
+      .def_readonly("scaled", &LoggedRows::scaled);
 
   py::class_<PyCompletionQueue>(m, "CompletionQueue")
       .def(py::init<>())
@@ -794,6 +905,16 @@ PYBIND11_MODULE(_core, m) {
       .def("check", &PyModelCore::Check, py::arg("buffer"), py::arg("outputs"),
            "None when the outputs may answer the batch, else (reason, message); answers nothing.")
       .def("fail", &PyModelCore::Fail, py::arg("buffer"), py::arg("reason"), py::arg("message"), py::arg("timings"))
+      .def("logged_rows", &PyModelCore::Logged, py::arg("buffer"),
+           "Copies of the logged requests of a batch handed out and not yet answered (a LoggedRows).")
+      .def_property(
+          "log_rate", [](const PyModelCore& m) { return m.model->log_rate(); },
+          [](PyModelCore& m, double rate) {
+            if (!(rate >= 0.0 && rate <= 1.0))
+              throw py::value_error("log_rate must be in [0, 1]; got " + std::to_string(rate));
+            m.model->set_log_rate(rate);
+          },
+          "prediction_log.sample_rate: the share of requests first admitted here drawn for the log")
       .def("stop", [](PyModelCore& m) { m.model->Stop(); }, py::call_guard<py::gil_scoped_release>())
       .def("close", [](PyModelCore& m) { m.model->Close(); }, py::call_guard<py::gil_scoped_release>(),
            "After the executors drained: stop and join the deadline reaper thread.")
@@ -850,12 +971,12 @@ PYBIND11_MODULE(_core, m) {
           },
           py::arg("name"), py::arg("state"), py::arg("probes") = 0)
       .def("submit_wire", &PyInferenceCore::SubmitWire, py::arg("data"), py::arg("deadline_ns"), py::arg("cq"),
-           py::arg("tag"),
+           py::arg("tag"), py::arg("request_id") = "", py::arg("request_id_wins") = false,
            "Queued: the handle (int). Answered at once: (value, failed, model_name) where value is bytes or an "
            "exception instance.")
       .def("submit", &PyInferenceCore::Submit, py::arg("model"), py::arg("version"), py::arg("inputs"),
            py::arg("outputs"), py::arg("deadline_ns"), py::arg("priority"), py::arg("cq") = py::none(),
-           py::arg("tag") = 0,
+           py::arg("tag") = 0, py::arg("request_id") = "",
            "In-process: a Pending (cq None), the handle (queued on cq), or (InferResult,) when answered at once.")
       .def("cancel", [](PyInferenceCore& c, uint64_t handle) { return c.core->Cancel(handle); })
       .def("failovers",

@@ -410,7 +410,8 @@ void GrpcFrontend::IoThread::Conn::Submit(uint32_t stream_id, Call& call, std::s
   const Status s =
       fe->core_->SubmitWire(reinterpret_cast<const uint8_t*>(message.data()), message.size(), call.deadline_ns,
                             &t_->cq_, MakeTag(t_->index_, serial_, stream_id), &queued, &handle, &answer,
-                            &t_->model_name_);
+                            &t_->model_name_, h2_->RequestId(stream_id),
+                            call.kind == Kind::kInfer && !call.id_generated);
   if (queued) {
     call.queued.push_back(handle);
     return;
@@ -447,8 +448,7 @@ void GrpcFrontend::IoThread::Conn::Answer(uint32_t stream_id, Request* r) {
     if (t_->log_credit_ >= 1.0) {
       t_->log_credit_ -= 1.0;
       RequestLogRecord rec;
-      const std::string_view id = h2_->RequestId(stream_id);
-      rec.request_id = call.kind == Kind::kStreamInfer && !r->id.empty() ? r->id : std::string(id);
+      rec.request_id = r->request_id;
       rec.model = r->model;
       rec.answered_by = r->answered_by;
       rec.answered_version = r->answered_version;

@@ -377,7 +377,7 @@ void InferenceCore::Exhausted(Request* r) {
 
 Status InferenceCore::SubmitWire(const uint8_t* data, size_t size, int64_t deadline_ns, CompletionQueue* cq,
                                  uint64_t user_tag, bool* queued, uint64_t* handle, Request** answer,
-                                 std::string* model_name) {
+                                 std::string* model_name, std::string_view call_id, bool call_id_wins) {
   *queued = false;
   *answer = nullptr;
   InferRequestView& view = tls_view;
@@ -417,6 +417,8 @@ Status InferenceCore::SubmitWire(const uint8_t* data, size_t size, int64_t deadl
   r->model = *model_name;
   r->version.assign(view.model_version);
   r->id.assign(view.id);
+  if (call_id_wins || view.id.empty()) r->request_id.assign(call_id);
+  else r->request_id.assign(view.id);
   r->wire = true;
   r->priority = priority;
   // The earlier of the transport's deadline and the `timeout` parameter binds.
@@ -441,7 +443,8 @@ Status InferenceCore::SubmitWire(const uint8_t* data, size_t size, int64_t deadl
 Status InferenceCore::SubmitTensors(const std::string& model, const std::string& version,
                                     const TensorRef* tensors, size_t n, const std::string_view* outputs,
                                     size_t n_outputs, int64_t deadline_ns, uint32_t priority,
-                                    CompletionQueue* cq, uint64_t user_tag, bool* queued, Request** request) {
+                                    CompletionQueue* cq, uint64_t user_tag, bool* queued, Request** request,
+                                    std::string_view request_id) {
   *request = nullptr;
   *queued = false;
   std::shared_ptr<ModelCore> first;
@@ -457,6 +460,7 @@ Status InferenceCore::SubmitTensors(const std::string& model, const std::string&
   if (!s.ok()) return s;
   r->model = model;
   r->version = version;
+  r->request_id.assign(request_id);
   r->priority = priority;
   r->deadline_ns = deadline_ns;
   r->cq = cq;

@@ -2,6 +2,7 @@
 
 #include <pthread.h>
 
+#include <chrono>
 #include <cstring>
 
 #include "steadyserve/inference_core.h"
@@ -98,7 +99,27 @@ int64_t ModelCore::EstimateCompletionNs(uint32_t rows, uint32_t priority) const 
   return batcher_->EstimateCompletionNs(std::max<uint32_t>(1, std::min(rows, max_rows)), level);
 }
 
+namespace {
+
+// A uniform draw in [0, 1) per call, from a per-thread xorshift generator: sampling
+// must cost nothing next to a request, and needs no shared state.
+double UniformDraw() {
+  thread_local uint64_t state = 0x9E3779B97F4A7C15ull ^ reinterpret_cast<uintptr_t>(&state) ^
+                                static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+  state ^= state << 13;
+  state ^= state >> 7;
+  state ^= state << 17;
+  return static_cast<double>(state >> 11) * 0x1.0p-53;
+}
+
+}  // namespace
+
 Status ModelCore::Admit(Request* r) {
+  if (!r->log_drawn) {
+    r->log_drawn = true;
+    const double rate = log_rate();
+    r->logged = rate >= 1.0 || (rate > 0.0 && UniformDraw() < rate);
+  }
   uint32_t level;
   Status s = Level(r->priority, &level);
   if (s.ok() && r->deadline_ns == 0 && options_.default_deadline_ns > 0)

@@ -68,6 +68,8 @@ Request* RequestPool::Acquire() {
   r->delivered = false;
   r->wire = false;
   r->id.clear();
+  r->request_id.clear();
+  r->log_drawn = r->logged = false;
   r->version.clear();
   return r;
 }

@@ -63,6 +63,53 @@ void CheckPoolEmpty(InferenceCore& core) {
 
 }  // namespace
 
+// The request id a record of the prediction log carries is the one the answer carries:
+// the transport's id when it wins (an x-request-id header), else the V2 id, else the
+// transport's; and the log sample is drawn once per request at the first model.
+TEST(RequestIdsAndLogSampling) {
+  InferenceCore core(1024);
+  auto a = AddModel(core, "A", Opts(8, 0, 1024));
+  a->set_log_rate(0.25);
+  Executor exec(a);
+  CompletionQueue cq;
+  constexpr uint32_t kN = 800;
+  for (uint32_t token = 1; token <= kN; ++token) {
+    WireOptions o;
+    o.send_id = token % 3 != 0;  // every third request brings no V2 id
+    const std::string bytes = InferRequest("A", token, 1, o);
+    const std::string call_id = "call-" + std::to_string(token);
+    Submitted s;
+    s.status = core.SubmitWire(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), 0, &cq, token,
+                               &s.queued, &s.handle, &s.answer, &s.model, call_id, token % 2 == 0);
+    CHECK(s.status.ok());
+    CHECK(s.queued);
+  }
+  std::vector<Request*> answers = DrainN(cq, kN);
+  CHECK_EQ(answers.size(), size_t{kN});
+  uint32_t logged = 0;
+  for (Request* r : answers) {
+    const auto token = static_cast<uint32_t>(r->user_tag);
+    const bool wins = token % 2 == 0, has_id = token % 3 != 0;
+    CHECK_STR(r->request_id, wins || !has_id ? "call-" + std::to_string(token) : std::to_string(token));
+    CHECK(r->log_drawn);
+    logged += r->logged ? 1 : 0;
+    core.Release(r);
+  }
+  // 800 draws at 0.25: mean 200, sd 12.2; outside [120, 280] is a 6.5 sd event.
+  CHECK(logged >= 120 && logged <= 280);
+  a->set_log_rate(0.0);
+  for (uint32_t token = kN + 1; token <= kN + 50; ++token) {  // tags stay unique
+    Submitted s = Wire(core, InferRequest("A", token, 1), &cq, token);
+    CHECK(s.queued);
+  }
+  for (Request* r : DrainN(cq, 50)) {
+    CHECK(!r->logged);
+    core.Release(r);
+  }
+  exec.Join();
+  CheckPoolEmpty(core);
+}
+
 TEST(WireRequestsGetTheirOwnRows) {
   InferenceCore core(256);
   auto a = AddModel(core, "A", Opts(8, 2 * kMs));

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -102,6 +103,44 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="R",
         help="share of inference requests logged one line each: request id, model, version, "
         "status, latency (0..1; default %(default)s = none)",
+    )
+    serve.add_argument(
+        "--prediction-log",
+        default=None,
+        metavar="DIR",
+        help="log sampled requests (ids, raw and scaled inputs, outputs, the model that "
+        "answered) to rotating files under DIR, per model; enables POST "
+        "/v2/models/{m}/feedback and the live quality KPIs (config: prediction_log, quality)",
+    )
+    serve.add_argument(
+        "--prediction-log-format",
+        choices=("auto", "parquet", "jsonl"),
+        default="auto",
+        help="file format: parquet (needs pyarrow: pip install 'steadyserve[parquet]'), "
+        "jsonl, or auto (parquet when pyarrow is installed; default)",
+    )
+    serve.add_argument(
+        "--prediction-log-rotate-mb",
+        type=float,
+        default=64.0,
+        metavar="MB",
+        help="a log file is closed (and readable) after this many MiB (default %(default)s)",
+    )
+    serve.add_argument(
+        "--prediction-log-rotate-s",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="... or after this many seconds (default %(default)s)",
+    )
+    serve.add_argument(
+        "--prediction-log-queue-mb",
+        type=float,
+        default=64.0,
+        metavar="MB",
+        help="records waiting for the writer; beyond it they are dropped and counted "
+        "(steadyserve_prediction_log_dropped_total), never slowing requests (default "
+        "%(default)s)",
     )
     serve.add_argument(
         "--grace-s",
@@ -369,6 +408,35 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=60.0, help="seconds (default %(default)s)"
     )
 
+    export = sub.add_parser(
+        "export",
+        help="write a training-ready dataset of MODEL from the prediction log",
+        description="Read MODEL's prediction log (the files under --log DIR/MODEL, as the "
+        "server's --prediction-log wrote them) and write one row per example: request id, "
+        "time, model version, the model that answered, the raw input features, the "
+        "outputs, and the label sent to the feedback endpoint.",
+        epilog="Exit codes: 0 written; 1 nothing to export or unreadable log; 2 bad usage.",
+    )
+    export.add_argument("model", metavar="MODEL", help="model name (as the requests asked)")
+    export.add_argument(
+        "--log", required=True, metavar="DIR", help="the server's --prediction-log directory"
+    )
+    export.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE",
+        help="the dataset: .parquet, .csv or .jsonl (the suffix says the format)",
+    )
+    export.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="only requests since WHEN: an ISO 8601 time (UTC unless it says otherwise) or "
+        "a span back from now: 90m, 24h, 7d",
+    )
+    export.add_argument(
+        "--labelled", action="store_true", help="only rows with a label (for training)"
+    )
+
     demo = sub.add_parser(
         "demo",
         help="write the demo repository (two tabular models) to DIR",
@@ -435,6 +503,11 @@ _FLAG_OF = {
     "log_level": "--log-level",
     "log_format": "--log-format",
     "log_sample_rate": "--log-sample-rate",
+    "prediction_log": "--prediction-log",
+    "prediction_log_format": "--prediction-log-format",
+    "prediction_log_rotate_bytes": "--prediction-log-rotate-mb",
+    "prediction_log_rotate_s": "--prediction-log-rotate-s",
+    "prediction_log_queue_bytes": "--prediction-log-queue-mb",
     "max_message_bytes": "--max-message-mb",
     "max_concurrent_rpcs": "--max-concurrent-rpcs",
     "max_pending_rpcs": "--max-pending-rpcs",
@@ -549,6 +622,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             log_level=args.log_level,
             log_format=args.log_format,
             log_sample_rate=args.log_sample_rate,
+            prediction_log=args.prediction_log,
+            prediction_log_format=args.prediction_log_format,
+            prediction_log_rotate_bytes=int(args.prediction_log_rotate_mb * MIB),
+            prediction_log_rotate_s=args.prediction_log_rotate_s,
+            prediction_log_queue_bytes=int(args.prediction_log_queue_mb * MIB),
             max_message_bytes=int(args.max_message_mb * MIB),
             allow_fault_injection=args.allow_fault_injection,
             max_concurrent_rpcs=args.max_concurrent_rpcs,
@@ -1094,6 +1172,27 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .predictions.export import export, parse_since
+
+    root = Path(args.log).expanduser()
+    if not (root / args.model).is_dir():
+        raise UsageError(f"--log {root}: no prediction log of model '{args.model}' there")
+    try:
+        since = None if args.since is None else parse_since(args.since, time.time())
+    except ValueError as exc:
+        raise UsageError(f"--since: {exc}") from None
+    summary = export(root, args.model, Path(args.out), since=since, labelled=args.labelled)
+    if summary.rows == 0:
+        print(f"{PROG} export: nothing to export for model '{args.model}'", file=sys.stderr)
+        return 1
+    print(
+        f"wrote {summary.rows} rows ({summary.requests} requests, {summary.labelled} "
+        f"labelled) to {summary.path}"
+    )
+    return 0
+
+
 def _cmd_fault(args: argparse.Namespace) -> int:
     import urllib.parse
 
@@ -1141,6 +1240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "drift": _cmd_drift,
         "fault": _cmd_fault,
         "rollback": _cmd_rollback,
+        "export": _cmd_export,
         "demo": _cmd_demo,
     }
     try:

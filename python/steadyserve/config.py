@@ -488,6 +488,96 @@ class ShadowConfig(_Section):
     )
 
 
+# --- the feedback loop (predictions/) --------------------------------------------------
+
+
+class PredictionLogConfig(_Section):
+    """What of this model the prediction log keeps (the log itself is on only when the
+    server runs with --prediction-log DIR)."""
+
+    enabled: bool = Field(True, description="true/false: log this model's requests")
+    sample_rate: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="share of requests logged, [0, 1] (each request is drawn on its own)",
+    )
+
+
+QUALITY_KPIS = ("accuracy", "precision", "recall", "f1", "mae", "rmse")
+
+
+class QualityThresholds(_Section):
+    """Live KPI limits: a KPI past its limit over the window is a breach."""
+
+    min_accuracy: float | None = Field(None, ge=0, le=1, description="breach below, [0, 1]")
+    min_precision: float | None = Field(None, ge=0, le=1, description="breach below, [0, 1]")
+    min_recall: float | None = Field(None, ge=0, le=1, description="breach below, [0, 1]")
+    min_f1: float | None = Field(None, ge=0, le=1, description="breach below, [0, 1]")
+    max_mae: float | None = Field(None, ge=0, allow_inf_nan=False, description="breach above, >= 0")
+    max_rmse: float | None = Field(
+        None, ge=0, allow_inf_nan=False, description="breach above, >= 0"
+    )
+
+    def limits(self) -> list[tuple[str, str, float]]:
+        """(kpi, 'min' | 'max', limit) of every threshold set."""
+        out = []
+        for key, value in self:
+            if value is not None:
+                bound, kpi = key.split("_", 1)
+                out.append((kpi, bound, float(value)))
+        return out
+
+
+class QualityConfig(_Section):
+    """Live model quality from ground-truth labels joined to logged predictions."""
+
+    task: Literal["auto", "classification", "regression"] = Field(
+        "auto",
+        description="'classification' (accuracy, precision, recall, f1; the predicted class "
+        "of class scores is their argmax), 'regression' (mae, rmse), or 'auto' (from the "
+        "first labels and predictions)",
+    )
+    output: str | None = Field(
+        None, min_length=1, description="the output the labels are for (default: the first)"
+    )
+    window: int = Field(
+        1000, ge=1, le=1_000_000, description="labelled requests the KPIs are computed over"
+    )
+    window_s: float = Field(
+        3600.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="seconds a labelled request stays in the KPI window, > 0",
+    )
+    min_labelled: int = Field(
+        50, ge=1, description="labelled requests in the window before thresholds apply, >= 1"
+    )
+    join_window_s: float = Field(
+        86400.0,
+        gt=0,
+        le=30 * 86400,
+        allow_inf_nan=False,
+        description="seconds a logged prediction waits for its label (and a label for its "
+        "prediction), (0, 30 days]",
+    )
+    thresholds: QualityThresholds = Field(
+        default_factory=QualityThresholds, description="a mapping of KPI limits"
+    )
+    on_breach: Literal["alert", "rollback", "failover"] = Field(
+        "alert",
+        description="what a breach does besides the model_quality alert: 'alert' (nothing "
+        "more), 'rollback' (to the previous generation), 'failover' (send traffic to the "
+        "backup until the KPIs recover)",
+    )
+
+    @field_validator("thresholds", mode="before")
+    @classmethod
+    def _empty_thresholds(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+
 # --- alerts (monitoring/alerts.py evaluates them; every rule has defaults) ------------
 
 MAX_ALERT_WINDOW_S = 86_400.0
@@ -624,6 +714,11 @@ class AlertsConfig(_Section):
         default_factory=CriticalStateAlert,
         description="a mapping: a required model does not serve (Runtime.not_ready())",
     )
+    model_quality: StateAlert = Field(
+        default_factory=StateAlert,
+        description="a mapping: a live KPI of the model (quality.thresholds) is past its "
+        "limit over quality.window labelled requests",
+    )
 
     @field_validator("*", mode="before")  # every field is a rule
     @classmethod
@@ -731,6 +826,13 @@ class ModelConfig(_Section):
         default_factory=AlertsConfig,
         description="a mapping of alert rules, one sub-mapping per rule (see monitoring/alerts.py)",
     )
+    prediction_log: PredictionLogConfig = Field(
+        default_factory=PredictionLogConfig,
+        description="a mapping: what of this model the prediction log keeps",
+    )
+    quality: QualityConfig | None = Field(
+        None, description="a mapping: live KPIs from labels sent to the feedback endpoint"
+    )
 
     @field_validator(
         "inputs",
@@ -744,6 +846,7 @@ class ModelConfig(_Section):
         "gate",
         "probation",
         "alerts",
+        "prediction_log",
         mode="before",
     )
     @classmethod

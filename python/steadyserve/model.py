@@ -39,9 +39,13 @@ MAX_BATCH_BYTES = 1 << 30
 
 
 class InferResult:
-    """Outputs of one request and the model version that produced them."""
+    """Outputs of one request and the model version that produced them.
 
-    __slots__ = ("outputs", "model_name", "model_version", "parameters")
+    ``request_id``: the id the request was sent with, or, when it sent none and the
+    prediction log kept it, the id the log made up (what feedback names it by); else "".
+    """
+
+    __slots__ = ("outputs", "model_name", "model_version", "parameters", "request_id")
 
     def __init__(
         self,
@@ -49,11 +53,13 @@ class InferResult:
         model_name: str,
         model_version: str,
         parameters: dict[str, Any] | None = None,
+        request_id: str = "",
     ):
         self.outputs = outputs
         self.model_name = model_name
         self.model_version = model_version
         self.parameters = parameters if parameters is not None else {}
+        self.request_id = request_id
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.outputs[name]

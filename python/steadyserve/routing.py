@@ -72,6 +72,9 @@ class CircuitBreaker:
         self.opened_count = 0
         self.last_reason = ""
         self.changed_at = clock()  # when the state last changed (clock's time)
+        # Why the circuit is held open (a quality breach with on_breach: failover), or
+        # "": while held it stays open whatever the cool-down, until release().
+        self.held = ""
 
     def configure(self, config) -> None:
         """New thresholds (a reloaded config); counts so far are kept."""
@@ -82,8 +85,26 @@ class CircuitBreaker:
         """Closed with clean counts: the model behind it was replaced (a rollback)."""
         with self._lock:
             self._reset_counts()
+            self.held = ""
             if self.state != CLOSED:
                 self._move(CLOSED, why)
+
+    def hold(self, why: str) -> None:
+        """Open, and kept open past the cool-down until ``release``: the backup answers."""
+        with self._lock:
+            self.held = why
+            if self.state != OPEN:
+                self._open(self._clock(), why)
+
+    def release(self, why: str) -> None:
+        """The hold is over: half-open, so probes decide as after any opening."""
+        with self._lock:
+            if not self.held:
+                return
+            self.held = ""
+            if self.state == OPEN:
+                self._probe_successes = 0
+                self._move(HALF_OPEN, why)
 
     def since_s(self) -> float:
         """Seconds in the current state."""
@@ -92,7 +113,11 @@ class CircuitBreaker:
     def tick(self) -> None:
         """Open long enough: half-open (the core then lets the probe budget through)."""
         with self._lock:
-            if self.state == OPEN and self._clock() - self._opened_at >= self._config.open_s:
+            if (
+                self.state == OPEN
+                and not self.held
+                and self._clock() - self._opened_at >= self._config.open_s
+            ):
                 self._probe_successes = 0
                 self._move(HALF_OPEN, "cool-down over: probing")
 
@@ -100,6 +125,8 @@ class CircuitBreaker:
         """One executed batch of ``requests`` requests succeeded or failed."""
         with self._lock:
             now = self._clock()
+            if self.held:
+                return  # a batch admitted before the hold
             if self.state == HALF_OPEN:
                 if not ok:
                     self._open(now, f"probe failed: {reason}")

@@ -71,6 +71,7 @@ class Runtime:
         model_control: str = "none",
         poll_s: float = 15.0,
         clock: Callable[[], float] = time.monotonic,
+        prediction_log=None,
     ):
         """``clock`` (seconds, monotonic) drives the circuit breakers' windows and
         cool-downs; tests pass a clock they advance instead of sleeping.
@@ -87,7 +88,11 @@ class Runtime:
         read once; load_model and unload_model are refused), "explicit" (they are
         allowed; ``models`` names what loads at start), "poll" (the repository is
         re-read every ``poll_s`` seconds: new, changed and removed models are loaded,
-        reloaded and unloaded; load_model and unload_model are refused)."""
+        reloaded and unloaded; load_model and unload_model are refused).
+
+        ``prediction_log``: a directory (or a ``predictions.writer.PredictionLog``) to log
+        sampled requests to (each model's ``prediction_log`` config says how many); it
+        enables ``feedback`` and the live quality KPIs (``quality`` config)."""
         if model_control not in MODEL_CONTROL_MODES:
             raise ConfigError(
                 f"model control mode {model_control!r}: expected one of "
@@ -123,6 +128,11 @@ class Runtime:
         self.router = Router(
             self, self.core, on_change=self._circuit_changed, metrics=self.metrics, clock=clock
         )
+        self.feedback_loop = None
+        if prediction_log is not None:
+            from .predictions.loop import FeedbackLoop
+
+            self.feedback_loop = FeedbackLoop(self, prediction_log)
         self.lifecycle = ModelManager(self)
         for name in sorted(sources):
             if wanted is None or name in wanted:
@@ -130,6 +140,8 @@ class Runtime:
             else:
                 self._index[(name, "")] = ModelIndexEntry(name, "", "UNAVAILABLE", NOT_LOADED)
         self._check_backups(sources)
+        if self.feedback_loop is not None:
+            self.feedback_loop.restore()
         if model_control == "poll":
             self.lifecycle.start_polling(poll_s)
 
@@ -172,6 +184,32 @@ class Runtime:
                 reason = f"{path}: {problem}"
                 log.error("failover configuration refused", extra={"model": name, "reason": reason})
                 self.lifecycle.refuse(name, reason)
+
+    @property
+    def prediction_log(self):
+        """The PredictionLog, or None."""
+        return None if self.feedback_loop is None else self.feedback_loop.log
+
+    @property
+    def quality(self):
+        """The QualityMonitor (labels joined, live KPIs), or None without a prediction log."""
+        return None if self.feedback_loop is None else self.feedback_loop.monitor
+
+    def config_of(self, name: str):
+        """The config the model serves with now, or None when it is not loaded."""
+        live = self.lifecycle.live.get(name)
+        return None if live is None else live.config
+
+    def feedback(self, model: str, items) -> dict:
+        """Ground-truth labels for logged requests: a list of {"id": request id, "label":
+        value}. Joined with the prediction log (now, or when the prediction is written);
+        the answer counts accepted, joined, pending and rejected items."""
+        if self.feedback_loop is None:
+            from .predictions.loop import no_log_error
+
+            raise no_log_error()
+        self.require_known(model)
+        return self.feedback_loop.monitor.feedback(model, items)
 
     def _latest(self, name: str) -> ServableModel:
         versions = self._models[name]
@@ -319,16 +357,25 @@ class Runtime:
         priority: int = 0,
         outputs: Sequence[str] | None = None,
         deadline_ns: int | None = None,
+        request_id: str | None = None,
     ) -> InferResult:
         """Run one request; blocks this thread only.
 
         ``timeout`` in seconds, or ``deadline_ns`` as absolute ``time.monotonic_ns()``;
         ``priority`` as Triton reads it (0 = the model's default level, 1 = highest).
+        ``request_id``: what the prediction log keys this request by (feedback names it);
+        when None and the log keeps it, one is made up (``InferResult.request_id``).
         """
         deadline = self._deadline_ns(timeout, deadline_ns)
         try:
             return self.dispatcher.infer(
-                model, version, inputs, deadline_ns=deadline, priority=priority, outputs=outputs
+                model,
+                version,
+                inputs,
+                deadline_ns=deadline,
+                priority=priority,
+                outputs=outputs,
+                request_id=request_id,
             )
         except NotFoundError:
             self.require_known(model)  # a malformed name gets its own message
@@ -344,12 +391,19 @@ class Runtime:
         priority: int = 0,
         outputs: Sequence[str] | None = None,
         deadline_ns: int | None = None,
+        request_id: str | None = None,
     ) -> InferResult:
         """Run one request from asyncio (same arguments as ``infer``)."""
         deadline = self._deadline_ns(timeout, deadline_ns)
         try:
             return await self.dispatcher.infer_async(
-                model, version, inputs, deadline_ns=deadline, priority=priority, outputs=outputs
+                model,
+                version,
+                inputs,
+                deadline_ns=deadline,
+                priority=priority,
+                outputs=outputs,
+                request_id=request_id,
             )
         except NotFoundError:
             self.require_known(model)
@@ -393,6 +447,8 @@ class Runtime:
         for model in self.models():
             model.close(timeout)
             self.metrics.model_ready.labels(model.name, model.version).set(0)
+        if self.feedback_loop is not None:  # after the executors: all they logged is written
+            self.feedback_loop.close(timeout)
         self.router.close()
 
     def __enter__(self) -> Runtime:

@@ -92,15 +92,19 @@ class InferenceCore {
   // true (the answer will reach `cq` with `user_tag`; *handle for Cancel), or
   // with *queued false and *answer filled (answered at once: a refusal or a
   // default output; call Release(*answer) after reading it).
+  // `call_id`: the transport's request id (x-request-id header, or one it made up);
+  // the request's request_id is its V2 id instead when that is set and `call_id_wins`
+  // is false (the transport made call_id up, or each stream message has its own id).
   Status SubmitWire(const uint8_t* data, size_t size, int64_t deadline_ns, CompletionQueue* cq,
                     uint64_t user_tag, bool* queued, uint64_t* handle, Request** answer,
-                    std::string* model_name);
+                    std::string* model_name, std::string_view call_id = {}, bool call_id_wins = false);
   // The same for an in-process caller's tensors; *request is returned either
   // way: queued (cq == nullptr: the caller waits with Request::Wait) or
   // answered at once.
   Status SubmitTensors(const std::string& model, const std::string& version, const TensorRef* tensors,
                        size_t n, const std::string_view* outputs, size_t n_outputs, int64_t deadline_ns,
-                       uint32_t priority, CompletionQueue* cq, uint64_t user_tag, bool* queued, Request** request);
+                       uint32_t priority, CompletionQueue* cq, uint64_t user_tag, bool* queued, Request** request,
+                       std::string_view request_id = {});
   // The caller gives up on a request: withdrawn if still queued (never executed).
   // When the cancel wins, the caller's reference is released here; when the
   // request was answered first, its answer is delivered as usual and the

@@ -90,7 +90,15 @@ class ModelCore {
   // The batch failed (reason: execution_error | execution_timeout | bad_output).
   void FailBatch(uint32_t buffer, const std::string& reason, const std::string& message, const BatchTimings& t);
 
+  // The batch handed out in `buffer` and not yet completed or failed, or nullptr.
+  const Batch* InflightBatch(uint32_t buffer) const {
+    return buffer < inflight_.size() && inflight_[buffer].rows > 0 ? &inflight_[buffer] : nullptr;
+  }
   void Stop() { batcher_->Stop(); }
+  // prediction_log.sample_rate: the share of requests first admitted here that the
+  // batch answering them hands to the prediction log; 0 = none.
+  void set_log_rate(double rate) { log_rate_.store(rate, std::memory_order_relaxed); }
+  double log_rate() const { return log_rate_.load(std::memory_order_relaxed); }
   bool ready() const { return ready_.load(std::memory_order_acquire); }
   void set_ready(bool ready) { ready_.store(ready, std::memory_order_release); }
   int64_t EstimateCompletionNs(uint32_t rows, uint32_t priority) const;
@@ -123,6 +131,7 @@ class ModelCore {
   std::unique_ptr<Batcher> batcher_;
   ModelStats stats_;
   std::atomic<bool> ready_{false};
+  std::atomic<double> log_rate_{0.0};
   std::vector<Batch> inflight_;  // per batch buffer
   std::thread reaper_;
 };

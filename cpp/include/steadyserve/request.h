@@ -50,6 +50,9 @@ struct Request {
   std::string model;    // the model asked for (the chain's first link)
   std::string version;  // "" = latest
   std::string id;       // V2 request id, echoed
+  // The request id its answer carries as x-request-id (the transport's choice: the
+  // header, the V2 id, or one it made up); what the prediction log keys a record by.
+  std::string request_id;
   uint32_t rows = 0;
   std::vector<std::vector<uint8_t>> inputs;       // decoded, per signature input, rows x row bytes
   std::vector<std::vector<uint8_t>> transformed;  // per input with a feature transform at the current link
@@ -67,6 +70,9 @@ struct Request {
   std::atomic<Batcher*> owner{nullptr};  // the batcher that holds it now (set under its lock)
   RequestState state = RequestState::kIdle;  // guarded by the owner's lock
   bool probe = false;  // routed as a half-open probe
+  // Drawn once, at the first model that admits it (its prediction_log.sample_rate): the
+  // batch that answers it hands it to the prediction log.
+  bool log_drawn = false, logged = false;
 
   // --- answer
   std::atomic<bool> answered{false};

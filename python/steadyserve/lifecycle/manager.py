@@ -285,6 +285,11 @@ class ModelManager:
                 allow_inline=not runtime.allow_fault_injection,
                 threads_only=not runtime.allow_inline,
             )
+            loop = runtime.feedback_loop
+            capture = None if loop is None else loop.capture(model)
+            if capture is not None:  # after the warm-up: its batches are not traffic
+                model.executor.capture = capture
+                model.core_model.log_rate = config.prediction_log.sample_rate
         except BaseException:
             backend.close()
             raise

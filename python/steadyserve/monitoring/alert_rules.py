@@ -1,10 +1,10 @@
 """The alert rules: what each checks, on one evaluation's reading of a runtime.
 
 ``alerts.AlertEvaluator`` takes a reading (``_Reading``: the core's counters now and at
-the start of each rule's window, circuits, readiness, drift) every interval and asks
-``check`` for each rule and model; the verdict (a ``Check``) says whether the condition
-holds, the value, the threshold and a description naming them. The table of rules and
-defaults is in ``alerts.py``'s docstring and in ``config.AlertsConfig``.
+the start of each rule's window, circuits, readiness, quality breaches) every interval
+and asks ``check`` for each rule and model; the verdict (a ``Check``) says whether the
+condition holds, the value, the threshold and a description naming them. The table of
+rules and defaults is in ``alerts.py``'s docstring and in ``config.AlertsConfig``.
 """
 
 from __future__ import annotations
@@ -99,6 +99,10 @@ class _Reading:
             by[f["answered_by"]] = by.get(f["answered_by"], 0) + f["count"]
         self.circuits = report["circuits"]
         self.not_ready = {name: why for name, why in runtime.not_ready().items() if name}
+        # Model -> its quality breach (QualityMonitor.breaches()); None: no monitor (the
+        # server runs without a prediction log), so the rule applies to no model.
+        monitor = getattr(runtime, "quality", None)
+        self.quality: dict[str, dict] | None = None if monitor is None else monitor.breaches()
 
     def config(self, model: str) -> AlertsConfig:
         latest = self.models.get(model)
@@ -205,6 +209,13 @@ def check(rule: str, cfg, model: str, reading: _Reading, firing: bool) -> Check 
         if why is None:
             return Check(False)
         return Check(True, None, None, None, f"model '{model}' is not ready: {why}")
+    if rule == "model_quality":
+        if reading.quality is None or latest is None or latest.config.quality is None:
+            return None
+        breach = reading.quality.get(model)
+        if breach is None:
+            return Check(False)
+        return Check(True, breach["value"], breach["limit"], None, breach["description"])
     raise AssertionError(rule)
 
 

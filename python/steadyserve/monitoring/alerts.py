@@ -16,6 +16,8 @@ circuit_open         the circuit is open (and until it closes again)      critic
 drift                a feature's PSI > drift.psi_threshold (min_rows)     warning
 input_rejection_rate refused as invalid input / requests > thr.           5 %, 300 s
 model_not_ready      a required model does not serve                      critical
+model_quality        a live KPI past its quality.thresholds limit over    warning
+                     quality.window labelled requests (min_labelled)
 ==================== ==================================================== =============
 
 Rates are windowed: each evaluation keeps a sample of the lifetime counters (a ring, at

@@ -130,7 +130,7 @@ class Metrics:
             "steadyserve_model_rollbacks",
             "Rollbacks to the version a promotion replaced, by trigger: command, "
             "probation_failures (failed batches in probation), probation_circuit (its "
-            "circuit opened in probation).",
+            "circuit opened in probation), quality (a live KPI past its threshold).",
             ["model", "trigger"],
             registry=r,
         )

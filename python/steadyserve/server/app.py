@@ -31,6 +31,7 @@ import socket
 import sys
 import time
 from os import PathLike
+from pathlib import Path
 
 import grpc
 from aiohttp import web
@@ -42,6 +43,8 @@ from ..errors import SteadyServeError, UnavailableError
 from ..monitoring.alerts import AlertEvaluator
 from ..monitoring.metrics import FrontendCollector
 from .announce import start_line
+from .feedback_service import SERVICE_NAME as FEEDBACK_SERVICE
+from .feedback_service import add_feedback_service
 from .grpc_service import (
     RESPONSE_ALLOWANCE_NS,
     SERVICE_NAME,
@@ -141,9 +144,11 @@ class Server:
     def _register(self, server) -> None:
         """The handlers both frontends serve (the native one bridges them), on ``server``."""
         add_inference_service(self._servicer, server)
+        add_feedback_service(self.runtime, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            (SERVICE_NAME, FEEDBACK_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            server,
         )
 
     def _start_native(self) -> None:
@@ -424,6 +429,7 @@ async def serve(
         allow_inline=settings.frontend != "native",
         model_control=settings.model_control_mode,
         poll_s=settings.repository_poll_s,
+        prediction_log=_prediction_log(settings),
     )
     if settings.allow_fault_injection:
         log.warning(
@@ -459,3 +465,18 @@ def run(
     repository: str | PathLike, settings: ServerSettings, *, early_signals: list[int] | None = None
 ) -> int:
     return asyncio.run(serve(repository, settings, early_signals=early_signals))
+
+
+def _prediction_log(settings: ServerSettings):
+    """The PredictionLog of --prediction-log, or None."""
+    if settings.prediction_log is None:
+        return None
+    from ..predictions.writer import PredictionLog
+
+    return PredictionLog(
+        Path(settings.prediction_log),
+        format=settings.prediction_log_format,
+        rotate_bytes=settings.prediction_log_rotate_bytes,
+        rotate_s=settings.prediction_log_rotate_s,
+        queue_bytes=settings.prediction_log_queue_bytes,
+    )

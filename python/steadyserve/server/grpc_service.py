@@ -353,12 +353,15 @@ def _model_infer_handler(servicer: InferenceServicer) -> grpc.RpcMethodHandler:
             if key == "x-request-id":
                 given = value
                 break
+        # Made up before the core sees the request, so that a prediction log record
+        # carries the id this answer will.
+        made_up = None if given else _generated_id()
         try:
-            answer = await answer_of(data, context)
+            answer = await answer_of(data, context, given or made_up, given is not None)
         except grpc.aio.AbortError:
             raise
         except SteadyServeError as failure:
-            request_id = given or _generated_id()
+            request_id = given or made_up
             context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
             if sampler.take():
                 code, message = status_of(failure)
@@ -372,7 +375,7 @@ def _model_infer_handler(servicer: InferenceServicer) -> grpc.RpcMethodHandler:
                 )
             await abort_with(context, failure, method="ModelInfer")
         head = _response_head(answer)
-        request_id = given or head[2] or _generated_id()
+        request_id = given or head[2] or made_up
         await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
         if sampler.take():
             request_log.write(
@@ -386,7 +389,7 @@ def _model_infer_handler(servicer: InferenceServicer) -> grpc.RpcMethodHandler:
             )
         return answer
 
-    async def answer_of(data: bytes, context) -> bytes:
+    async def answer_of(data: bytes, context, call_id: str, call_id_wins: bool) -> bytes:
         """The answer's bytes; a SteadyServeError for a refusal or failure."""
         remaining = context.time_remaining()
         deadline = 0
@@ -395,7 +398,7 @@ def _model_infer_handler(servicer: InferenceServicer) -> grpc.RpcMethodHandler:
         loop = asyncio.get_running_loop()
         completions = dispatcher.completions(loop)
         tag = next(completions.tags)
-        submitted = core.submit_wire(data, deadline, completions.queue, tag)
+        submitted = core.submit_wire(data, deadline, completions.queue, tag, call_id, call_id_wins)
         if type(submitted) is int:
             future = loop.create_future()
             completions.futures[tag] = future

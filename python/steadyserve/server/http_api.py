@@ -120,6 +120,8 @@ class HttpApi:
         app.router.add_post("/v2/repository/models/{name}/rollback", self._http_rollback)
         app.router.add_get("/v2/models/{name}/lifecycle", self._http_lifecycle)
         app.router.add_get("/v2/models/{name}/shadow", self._http_shadow)
+        app.router.add_post("/v2/models/{name}/feedback", self._http_feedback)
+        app.router.add_get("/v2/models/{name}/quality", self._http_quality)
         app.router.add_get("/v2/failover", self._http_failover)
         app.router.add_get("/v2/alerts", self._http_alerts)
         app.router.add_post("/v2/models/{name}/fault", self._http_fault)
@@ -266,6 +268,32 @@ class HttpApi:
     async def _http_shadow(self, request: web.Request) -> web.Response:
         """The shadow version's agreement with the live one (config: shadow)."""
         return await _http_call(_answer(self.runtime.shadow_report, request.match_info["name"]))
+
+    # -- the feedback loop (predictions/) --------------------------------------------------
+
+    async def _http_feedback(self, request: web.Request) -> web.Response:
+        """Ground truth for logged requests: a JSON list of {"id": REQUEST_ID, "label": ...};
+        the answer counts accepted, joined, pending and rejected items (and says why each
+        rejected one was)."""
+        body = await _json_body(request, default=None)
+        if isinstance(body, web.Response):
+            return body
+        if not isinstance(body, list):
+            return _http_error(
+                400, 'expected a JSON list of {"id": "<x-request-id>", "label": <value>}'
+            )
+        # On a thread: the labels are on disk (fsync) before the answer.
+        return await _http_call(_answer(self.runtime.feedback, request.match_info["name"], body))
+
+    async def _http_quality(self, request: web.Request) -> web.Response:
+        """The model's live KPI windows and pending labels (QualityMonitor.report)."""
+        name = request.match_info["name"]
+        monitor = self.runtime.quality
+        if monitor is None:
+            from ..predictions.loop import no_log_error
+
+            return _http_error(409, str(no_log_error()))
+        return await _http_call(_answer(monitor.report, name))
 
     async def _http_metrics(self, request: web.Request) -> web.Response:
         if self.siblings is not None:

@@ -205,6 +205,7 @@ class RestV2:
                 outputs=None if requested is None else [o.name for o in requested],
                 priority=infer.priority,
                 deadline_ns=deadline_ns,
+                request_id=given or request_id,
             )
             answer, json_length = codec.encode_response(
                 model_name=result.model_name,

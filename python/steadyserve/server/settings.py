@@ -56,6 +56,25 @@ class ServerSettings(BaseModel):
         description="share of inference requests logged one line each (request id, model, "
         "version, status, latency); 0 = none",
     )
+    # -- the prediction log (predictions/; what each model logs is in its config) --------
+    prediction_log: str | None = Field(
+        default=None, min_length=1, description="directory of the prediction log; None: off"
+    )
+    prediction_log_format: Literal["auto", "parquet", "jsonl"] = Field(
+        default="auto", description="parquet, jsonl, or auto (parquet when pyarrow imports)"
+    )
+    prediction_log_rotate_bytes: int = Field(
+        default=64 * MIB, ge=4096, le=2**40, description="a file closes past this size"
+    )
+    prediction_log_rotate_s: float = Field(
+        default=300.0, gt=0.0, le=86400.0, description="a file closes at this age"
+    )
+    prediction_log_queue_bytes: int = Field(
+        default=64 * MIB,
+        ge=4096,
+        le=2**40,
+        description="records waiting for the writer; beyond it they are dropped and counted",
+    )
     reuse_port: bool = Field(
         default=False,
         description="SO_REUSEPORT (grpcio workers only): a port in use by another process is "
@@ -169,6 +188,16 @@ class ServerSettings(BaseModel):
             raise ValueError(
                 "model_control_mode explicit needs workers 1: a load request would reach one "
                 "worker of several; use model_control_mode poll with workers"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _prediction_log_alone(self) -> ServerSettings:
+        if self.prediction_log is not None and self.workers > 1:
+            # Feedback reaches one worker; the prediction it labels may be in another's.
+            raise ValueError(
+                "prediction_log needs workers 1: labels are joined to the predictions of the "
+                "process that receives them; scale out with replicas (one process each)"
             )
         return self
 

@@ -109,6 +109,7 @@ class Dispatcher:
         deadline_ns: int | None = None,
         priority: int = 0,
         outputs: Sequence[str] | None = None,
+        request_id: str | None = None,
     ):
         pending = self.core.submit(
             model,
@@ -117,6 +118,9 @@ class Dispatcher:
             None if outputs is None else list(outputs),
             deadline_ns or 0,
             priority,
+            None,
+            0,
+            request_id or "",
         )
         if isinstance(pending, tuple):  # answered at once
             return pending[0]
@@ -133,6 +137,7 @@ class Dispatcher:
         deadline_ns: int | None = None,
         priority: int = 0,
         outputs: Sequence[str] | None = None,
+        request_id: str | None = None,
     ):
         loop = asyncio.get_running_loop()
         c = self.completions(loop)
@@ -146,6 +151,7 @@ class Dispatcher:
             priority,
             c.queue,
             tag,
+            request_id or "",
         )
         if isinstance(handle, tuple):
             return handle[0]

@@ -66,6 +66,9 @@ class Executor:
         self.on_batch = None
         # A lifecycle.shadow.ShadowMirror offered each successful batch, or None.
         self.shadow = None
+        # A predictions.capture.BatchCapture handed each successful batch with logged
+        # requests, or None (no prediction log).
+        self.capture = None
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -225,6 +228,12 @@ class Executor:
             shadow = self.shadow
             if shadow is not None:  # before complete: the feeds are views of the batch buffer
                 shadow.offer(feeds, values, batch.rows)
+            capture = self.capture
+            if capture is not None and batch.logged:  # before complete: it reads the requests
+                try:
+                    capture(core, batch, values)
+                except Exception:  # the log must never fail the requests it records
+                    log.exception("prediction log capture failed")
             core.complete(batch.buffer, produced, timings)
         else:
             if on_batch is not None:
