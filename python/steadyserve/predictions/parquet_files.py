@@ -18,6 +18,10 @@ import pyarrow.parquet as pq
 from .files import LogFile
 from .records import RECORD_KEYS, TENSOR_KINDS, ModelRecords, flat_bytes, flat_numbers
 
+# pyarrow imports pandas on its first pa.array (measured: 0.4 s, holding the GIL): pay it
+# here, when the log is built at start-up, not on the writer thread mid-traffic.
+pa.array([0])
+
 BASE_COLUMNS = ("request_id", "time", "model", "answered_by", "version", "failover", "rows")
 INT32_MAX = 2**31 - 1
 
@@ -31,7 +35,7 @@ class ParquetFile(LogFile):
         self._writer: pq.ParquetWriter | None = None
 
     def _write(self, parts: list[ModelRecords]) -> None:
-        table = pa.concat_tables([_table(part) for part in parts])
+        table = _table(parts)
         if self._writer is None:
             self._writer = pq.ParquetWriter(self._file, table.schema, compression="zstd")
         self._writer.write_table(table, row_group_size=table.num_rows)
@@ -49,19 +53,35 @@ class ParquetFile(LogFile):
         return pq.read_metadata(self.partial).num_rows == self.requests
 
 
-def _table(part: ModelRecords) -> pa.Table:
-    n = part.requests
-    offsets = part.offsets()
+def _table(parts: list[ModelRecords]) -> pa.Table:
+    """One table of every part (one model and layout): built column by column over all
+    of them at once, since building a table costs about as much for one request as for
+    thousands. Parts whose per-row dims differ are built one by one and concatenated."""
+    shapes = {tuple(a.shape[1:] for _, _, a in part.tensors) for part in parts}
+    if len(shapes) > 1:
+        return pa.concat_tables([_table([part]) for part in parts])
+    counts = [part.requests for part in parts]
+
+    def each(values: list[str]) -> list[str]:
+        return [v for v, n in zip(values, counts, strict=True) for _ in range(n)]
+
+    answered_by = each([part.answered_by for part in parts])
+    models = each([part.model for part in parts])
+    rows = np.concatenate([part.rows for part in parts]).astype(np.int64)
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(rows, out=offsets[1:])
     columns = {
-        "request_id": pa.array(part.request_ids, pa.string()),
-        "time": pa.array(np.full(n, part.time, dtype=np.float64)),
-        "model": pa.array([part.model] * n, pa.string()),
-        "answered_by": pa.array([part.answered_by] * n, pa.string()),
-        "version": pa.array([part.version] * n, pa.string()),
-        "failover": pa.array(np.full(n, part.answered_by != part.model)),
-        "rows": pa.array(part.rows.astype(np.int64)),
+        "request_id": pa.array([i for part in parts for i in part.request_ids], pa.string()),
+        "time": pa.array(np.repeat([part.time for part in parts], counts).astype(np.float64)),
+        "model": pa.array(models, pa.string()),
+        "answered_by": pa.array(answered_by, pa.string()),
+        "version": pa.array(each([part.version for part in parts]), pa.string()),
+        "failover": pa.array([a != m for a, m in zip(answered_by, models, strict=True)]),
+        "rows": pa.array(rows),
     }
-    for kind, name, array in part.tensors:
+    for k, (kind, name, _) in enumerate(parts[0].tensors):
+        arrays = [part.tensors[k][2] for part in parts]
+        array = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
         columns[f"{kind}.{name}"] = _tensor_column(array, offsets)
     return pa.table(columns)
 

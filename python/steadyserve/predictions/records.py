@@ -22,15 +22,24 @@ class InvalidBatchError(ValueError):
     """A LoggedBatch whose lengths disagree (ids, asked, rows, tensor rows)."""
 
 
+_VALUE_KINDS: dict[np.dtype, str] = {}  # per batch and tensor: numpy's dtype.name is slow
+
+
 def value_kind(dtype: np.dtype) -> str:
     """How a tensor's values are stored: the numpy dtype name, or "bytes" for strings
     (object, ``S`` and ``U`` arrays all come back as object arrays of bytes)."""
+    known = _VALUE_KINDS.get(dtype)
+    if known is not None:
+        return known
     dtype = np.dtype(dtype)
     if dtype.kind in "OSU":
-        return "bytes"
-    if dtype.kind not in "biuf":
+        kind = "bytes"
+    elif dtype.kind in "biuf":
+        kind = dtype.name
+    else:
         raise InvalidBatchError(f"dtype {dtype} cannot be logged (bool, int, uint, float, bytes)")
-    return dtype.name
+    _VALUE_KINDS[dtype] = kind
+    return kind
 
 
 def flat_bytes(values: np.ndarray) -> list[bytes]:
@@ -57,16 +66,13 @@ class ModelRecords:
     request_ids: list[str]
     rows: np.ndarray  # int64 [requests]
     tensors: list[tuple[str, str, np.ndarray]]  # (kind, name, [sum(rows), *dims])
+    # What fixes a Parquet file's schema: (kind, name, value kind) of each tensor (per-row
+    # dims are a column). Records of another layout go to a new file.
+    layout: tuple[tuple[str, str, str], ...]
 
     @property
     def requests(self) -> int:
         return len(self.request_ids)
-
-    @property
-    def layout(self) -> tuple[tuple[str, str, str], ...]:
-        """What fixes a Parquet file's schema: (kind, name, value kind) of each tensor
-        (per-row dims are a column). Records of another layout go to a new file."""
-        return tuple((kind, name, value_kind(a.dtype)) for kind, name, a in self.tensors)
 
     def offsets(self) -> np.ndarray:
         """Row offsets of the requests: request i is rows ``[offsets[i], offsets[i+1])``."""
@@ -130,4 +136,5 @@ def _records(batch: LoggedBatch, model, ids, rows, tensors) -> ModelRecords:
         request_ids=[str(i) for i in ids],
         rows=rows,
         tensors=tensors,
+        layout=tuple((kind, name, value_kind(a.dtype)) for kind, name, a in tensors),
     )

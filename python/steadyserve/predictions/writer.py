@@ -2,7 +2,11 @@
 thread that writes them into rotating files, one directory per model asked for.
 
 The serving path only ever calls ``offer``: it takes a lock for a few operations, never
-waits for the disk and never raises. A full queue drops the batch (counted, by model and
+waits for the disk and never raises. The writer lets batches gather for up to
+``write_interval_s`` (or ``write_bytes`` of them) and writes them at once: a Parquet row
+group per model per write, so that a write's fixed cost (measured: most of the cost of
+logging 1% of requests when every batch was written on its own) is paid per interval,
+not per batch. A full queue drops the batch (counted, by model and
 reason) rather than slowing the server: the log is for retraining, the answers are what
 the clients wait for. A failing disk drops what could not be written (counted as
 ``write_error``) and the writer tries again with a new file on the next batch.
@@ -46,6 +50,8 @@ class PredictionLog:
         rotate_s: float = 300.0,
         queue_bytes: int = 64 * MIB,
         on_batch: Callable[[LoggedBatch], None] | None = None,
+        write_interval_s: float = 1.0,
+        write_bytes: int = 4 * MIB,
     ):
         self.root = Path(root)
         self._file_class = _file_class(format)
@@ -57,6 +63,14 @@ class PredictionLog:
         if not (math.isfinite(rotate_s) and rotate_s > 0):
             raise ConfigError(f"rotate_s must be finite and > 0, got {rotate_s!r}")
         self._rotate_s = float(rotate_s)
+        if isinstance(write_interval_s, bool) or not isinstance(write_interval_s, (int, float)):
+            raise ConfigError(
+                f"write_interval_s must be a number of seconds, got {write_interval_s!r}"
+            )
+        if not (math.isfinite(write_interval_s) and write_interval_s >= 0):
+            raise ConfigError(f"write_interval_s must be finite and >= 0, got {write_interval_s!r}")
+        self._write_interval_s = float(write_interval_s)
+        self._write_bytes = _positive_int("write_bytes", write_bytes)
         if on_batch is not None and not callable(on_batch):
             raise ConfigError(f"on_batch must be callable or None, got {on_batch!r}")
         self.on_batch = on_batch
@@ -74,6 +88,7 @@ class PredictionLog:
         self._queue: deque[tuple[LoggedBatch, int]] = deque()  # (batch, its nbytes)
         self._pending_bytes = 0
         self._pending_batches = 0
+        self._first_queued_at = 0.0  # time.monotonic() when the queue last became non-empty
         self._closing = False
         self._stopped = False  # the writer thread has finished
         self._flush_asked = 0  # flush() calls so far
@@ -106,7 +121,13 @@ class PredictionLog:
                     self._queue.append((batch, nbytes))
                     self._pending_bytes += nbytes
                     self._pending_batches += 1
-                    self._wake.notify()
+                    # The writer waits for company: woken to start its interval, and
+                    # again once enough gathered.
+                    if len(self._queue) == 1:
+                        self._first_queued_at = time.monotonic()
+                        self._wake.notify()
+                    elif self._pending_bytes >= self._write_bytes:
+                        self._wake.notify()
                     return True
                 for model, requests in Counter(batch.asked).items():
                     self._dropped[(model, reason)] += requests
@@ -160,8 +181,8 @@ class PredictionLog:
     def _run(self) -> None:
         while True:
             with self._wake:
-                while not (self._queue or self._closing or self._flush_asked > self._flush_done):
-                    wait = self._until_oldest_expires()
+                while True:
+                    wait = self._until_due()
                     if wait is not None and wait <= 0:
                         break
                     self._wake.wait(wait)
@@ -186,6 +207,18 @@ class PredictionLog:
                 self._wake.notify_all()
             if self._stopped:
                 return
+
+    def _until_due(self) -> float | None:
+        """Seconds until the writer has something to do (<= 0: now; None: nothing)."""
+        if self._closing or self._flush_asked > self._flush_done:
+            return 0.0
+        wait = self._until_oldest_expires()
+        if self._queue:
+            if self._pending_bytes >= self._write_bytes:
+                return 0.0
+            gathered = self._first_queued_at + self._write_interval_s - time.monotonic()
+            wait = gathered if wait is None else min(wait, gathered)
+        return wait
 
     def _until_oldest_expires(self) -> float | None:
         if not self._open:
