@@ -18,14 +18,19 @@ tritonclient's.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -251,3 +256,84 @@ def client(server):
     c = grpcclient.InferenceServerClient(server.grpc)
     yield c
     c.close()
+
+
+# --------------------------------------------------------------------- a real Alertmanager
+
+ALERTMANAGER = shutil.which("prometheus-alertmanager") or (
+    "/usr/bin/prometheus-alertmanager"
+    if os.access("/usr/bin/prometheus-alertmanager", os.X_OK)
+    else None
+)
+ALERTMANAGER_WAIT_S = 30.0
+
+
+def _until(predicate, what: str, timeout: float = ALERTMANAGER_WAIT_S):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def alertmanager(tmp_path):
+    """A real Alertmanager on 127.0.0.1 (a free port it picks itself; read from its log),
+    clustering off, a route with a receiver that sends nowhere. Its base URL."""
+    if ALERTMANAGER is None:
+        pytest.skip("no prometheus-alertmanager (apt-get install prometheus-alertmanager)")
+    config = tmp_path / "alertmanager.yml"
+    config.write_text('route:\n  receiver: "null"\nreceivers:\n  - name: "null"\n')
+    log_path = tmp_path / "alertmanager.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            [
+                ALERTMANAGER,
+                f"--config.file={config}",
+                f"--storage.path={tmp_path / 'am-data'}",
+                "--web.listen-address=127.0.0.1:0",
+                "--cluster.listen-address=",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        listening = re.compile(r'msg="Listening on" address=127\.0\.0\.1:(\d+)')
+
+        def port():
+            if proc.poll() is not None:
+                pytest.fail(f"alertmanager exited: {log_path.read_text()[-2000:]}")
+            found = listening.search(log_path.read_text(errors="replace"))
+            return found and found.group(1)
+
+        url = f"http://127.0.0.1:{_until(port, 'alertmanager to listen')}"
+        _until(lambda: _alertmanager_ready(url), "alertmanager to be ready")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _alertmanager_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as response:
+            return response.status == 200
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def am_alerts(url: str, alertname: str, model: str) -> list[dict]:
+    """The active alerts named ``alertname`` of ``model`` in the Alertmanager at ``url``."""
+    query = urllib.parse.urlencode(
+        [("active", "true"), ("filter", f'alertname="{alertname}"'), ("filter", f'model="{model}"')]
+    )
+    with urllib.request.urlopen(f"{url}/api/v2/alerts?{query}", timeout=10) as response:
+        return json.loads(response.read())

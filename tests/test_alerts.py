@@ -14,9 +14,6 @@ import functools
 import http.server
 import json
 import logging
-import os
-import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -33,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import onnx_models
 import steadyserve
-from conftest import N_FEATURES, N_OUTPUTS, only_frontend
+from conftest import N_FEATURES, N_OUTPUTS, am_alerts, only_frontend
 from steadyserve.config import AlertsConfig, model_config_from_mapping
 from steadyserve.errors import ConfigError, InvalidArgumentError, UnavailableError
 from steadyserve.features.stats import fit_stats, write_stats
@@ -678,71 +675,6 @@ def json_lines(text: str) -> list[dict]:
             except ValueError:
                 continue
     return out
-
-
-ALERTMANAGER = shutil.which("prometheus-alertmanager") or (
-    "/usr/bin/prometheus-alertmanager"
-    if os.access("/usr/bin/prometheus-alertmanager", os.X_OK)
-    else None
-)
-
-
-@pytest.fixture
-def alertmanager(tmp_path):
-    """A real Alertmanager on 127.0.0.1 (a free port it picks itself; read from its log),
-    clustering off, a route with a receiver that sends nowhere. Its base URL."""
-    if ALERTMANAGER is None:
-        pytest.skip("no prometheus-alertmanager (apt-get install prometheus-alertmanager)")
-    config = tmp_path / "alertmanager.yml"
-    config.write_text('route:\n  receiver: "null"\nreceivers:\n  - name: "null"\n')
-    log_path = tmp_path / "alertmanager.log"
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            [
-                ALERTMANAGER,
-                f"--config.file={config}",
-                f"--storage.path={tmp_path / 'am-data'}",
-                "--web.listen-address=127.0.0.1:0",
-                "--cluster.listen-address=",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        listening = re.compile(r'msg="Listening on" address=127\.0\.0\.1:(\d+)')
-
-        def port():
-            if proc.poll() is not None:
-                pytest.fail(f"alertmanager exited: {log_path.read_text()[-2000:]}")
-            found = listening.search(log_path.read_text(errors="replace"))
-            return found and found.group(1)
-
-        url = f"http://127.0.0.1:{wait_for(port, 'alertmanager to listen')}"
-        wait_for(lambda: _ready(url), "alertmanager to be ready")
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as response:
-            return response.status == 200
-    except (OSError, urllib.error.URLError):
-        return False
-
-
-def am_alerts(url: str, alertname: str, model: str) -> list[dict]:
-    query = urllib.parse.urlencode(
-        [("active", "true"), ("filter", f'alertname="{alertname}"'), ("filter", f'model="{model}"')]
-    )
-    return http_json(f"{url}/api/v2/alerts?{query}")
 
 
 @only_frontend("native")

@@ -140,6 +140,26 @@ def test_a_new_tensor_layout_starts_a_new_file(tmp_path):
     assert set(got["r0-0"]["outputs"]) == {"y", "cls"} and set(got["r1-0"]["outputs"]) == {"y"}
 
 
+def test_reading_since_opens_no_file_last_written_before_it(tmp_path):
+    log = PredictionLog(tmp_path, format="jsonl")
+    now = time.time()
+    log.offer(batch([1], time_s=now - 7200, seed=1))  # its file: last written 2 h ago
+    log.flush()
+    log.offer(batch([1], time_s=now, seed=2))
+    log.close()
+    old, new = prediction_files(tmp_path, "m")
+    os.utime(old, (now - 7200, now - 7200))
+    assert [r["request_id"] for r in read_predictions(tmp_path, "m")] == ["r1-0", "r2-0"]
+    assert [r["request_id"] for r in read_predictions(tmp_path, "m", since=now - 3600)] == ["r2-0"]
+    # Newest first (a restart's restore: it stops at what the index holds).
+    got = read_predictions(tmp_path, "m", since=now - 3 * 3600, newest_first=True)
+    assert [r["request_id"] for r in got] == ["r2-0", "r1-0"]
+    # The skip is by the file's modification time, not its records: a file whose last
+    # write was before ``since`` is not opened even if a record in it claims later.
+    os.utime(new, (now - 7200, now - 7200))
+    assert list(read_predictions(tmp_path, "m", since=now - 3600)) == []
+
+
 def test_open_files_are_hidden_until_flushed(tmp_path):
     log = PredictionLog(tmp_path, format="parquet", rotate_s=3600)
     log.offer(batch([2]))

@@ -25,7 +25,7 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
 import onnx_models
-from conftest import linear_config, only_frontend
+from conftest import am_alerts, linear_config, only_frontend
 from steadyserve.features.stats import fit_stats, write_stats
 from steadyserve.predictions.reader import read_predictions
 
@@ -281,9 +281,17 @@ def test_labels_join_and_the_kpis_equal_a_reference(tmp_path, launch):
 
 
 @only_frontend("native")
-def test_a_breach_raises_the_quality_alert(tmp_path, launch):
+def test_a_breach_raises_the_quality_alert_in_a_real_alertmanager(tmp_path, launch, alertmanager):
     repo, log_dir = _repo(tmp_path / "repo", min_accuracy=0.9), tmp_path / "log"
-    server = launch(repo, "--prediction-log", str(log_dir), "--alert-interval-s", "0.2")
+    server = launch(
+        repo,
+        "--prediction-log",
+        str(log_dir),
+        "--alert-interval-s",
+        "0.2",
+        "--alertmanager-url",
+        alertmanager,
+    )
     items = []
     for i in range(12):
         y, _ = _infer(server, np.full((1, 4), float(i), np.float32), f"b-{i}")
@@ -308,6 +316,12 @@ def test_a_breach_raises_the_quality_alert(tmp_path, launch):
         )
         == 1
     )
+    received = _wait(
+        lambda: am_alerts(alertmanager, "SteadyServeModelQuality", "clf"),
+        "the alert in Alertmanager",
+    )
+    assert received[0]["labels"]["severity"] == "warning"
+    assert "accuracy" in received[0]["annotations"]["description"]
     _stop(server)
 
 
@@ -374,3 +388,14 @@ def test_export_reproduces_the_logged_rows(tmp_path, launch):
         features = [np.float32(row[f"x[{j}]"]) for j in range(4)]
         np.testing.assert_array_equal(features, xs[i][0])
         assert int(float(row["label"])) == i % 3 and row["model_version"] == "1"
+
+
+def test_the_log_is_refused_with_several_workers(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "steadyserve", "serve", str(_repo(tmp_path / "repo")),
+         "--workers", "2", "--prediction-log", str(tmp_path / "log")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "prediction_log needs workers 1" in done.stderr
+    assert not (tmp_path / "log").exists()

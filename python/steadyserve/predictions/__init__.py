@@ -22,6 +22,6 @@ to it, and live model-quality KPIs.
 On disk, under the log's root, one directory per model asked for (a backup's answers
 for it are logged there too, ``answered_by`` says who answered)::
 
-    ROOT/<model>/predictions-<UTC start>-<pid>-<seq>.parquet   (or .jsonl)
-    ROOT/<model>/labels-<pid>.jsonl
+    ROOT/<model>/predictions-<UTC start>-<host>.<pid>-<seq>.parquet   (or .jsonl)
+    ROOT/<model>/labels-<host>.<pid>.jsonl
 """

@@ -60,7 +60,7 @@ from ..errors import (
 )
 from ..evaluation import task_of
 from .capture import LoggedBatch
-from .join import Logged, ModelJoin, Pair, Waiting
+from .join import MAX_INDEXED_PER_MODEL, Logged, ModelJoin, Pair, Waiting
 from .kpi import check_pairs, score_snapshot
 from .label_values import LabelValue, label_rows, parse_item, parse_label
 from .labels import LabelFile, latest_labels
@@ -472,7 +472,11 @@ class QualityMonitor:
         since = now - quality.join_window_s
         logged = []
         try:
-            for record in read_predictions(self.root, model, since=since):
+            # Newest first, up to what the index holds: a day of logs at full sampling is
+            # more than a restart should read, and the oldest would be evicted first.
+            for record in read_predictions(self.root, model, since=since, newest_first=True):
+                if len(logged) >= MAX_INDEXED_PER_MODEL:
+                    break
                 outputs = record["outputs"]
                 if not outputs:
                     continue

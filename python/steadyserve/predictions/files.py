@@ -1,6 +1,9 @@
 """Names of the prediction log's files, and the life of one open file.
 
-    ROOT/<model>/predictions-<UTC start %Y%m%dT%H%M%S>-<pid>-<seq>.parquet|.jsonl
+    ROOT/<model>/predictions-<UTC start %Y%m%dT%H%M%S>-<host>.<pid>-<seq>.parquet|.jsonl
+
+The host is in the name because replicas may share one root (a network volume), and in
+containers every server is pid 1.
 
 A file being written is named ``.<final name>.partial`` (hidden, and not matching the
 pattern): readers only ever see files that were closed, fsynced and renamed.
@@ -12,6 +15,7 @@ import contextlib
 import itertools
 import os
 import re
+import socket
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -20,16 +24,22 @@ from typing import BinaryIO, ClassVar
 from .records import ModelRecords
 
 SUFFIXES = {"parquet": ".parquet", "jsonl": ".jsonl"}
-FILE_PATTERN = re.compile(r"^predictions-(\d{8}T\d{6})-(\d+)-(\d+)\.(parquet|jsonl)$")
+FILE_PATTERN = re.compile(r"^predictions-(\d{8}T\d{6})-(.+)-(\d+)\.(parquet|jsonl)$")
 
 # One sequence per process: two logs on one root never pick the same name.
 _SEQUENCE = itertools.count(1)
 
 
+def writer_tag() -> str:
+    """<host>.<pid> of this process, as file names take it."""
+    host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"
+    return f"{host}.{os.getpid()}"
+
+
 def new_file(folder: Path, fmt: str, start: float) -> tuple[Path, Path]:
     """(partial path, final path) of a new file of format ``fmt`` opened at ``start``."""
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(start))
-    final = folder / f"predictions-{stamp}-{os.getpid()}-{next(_SEQUENCE):06d}{SUFFIXES[fmt]}"
+    final = folder / f"predictions-{stamp}-{writer_tag()}-{next(_SEQUENCE):06d}{SUFFIXES[fmt]}"
     return folder / f".{final.name}.partial", final
 
 
@@ -52,15 +62,15 @@ def model_folder(root: Path, model: str) -> Path:
 
 
 def complete_files(folder: Path) -> list[Path]:
-    """The folder's closed log files, oldest first (by start time, then pid and sequence)."""
+    """The folder's closed log files, oldest first (by start time, then writer and sequence)."""
     if not folder.is_dir():
         return []
     found = []
     for path in folder.iterdir():
         match = FILE_PATTERN.match(path.name)
         if match and path.is_file():
-            stamp, pid, seq, _ = match.groups()
-            found.append(((stamp, int(pid), int(seq)), path))
+            stamp, writer, seq, _ = match.groups()
+            found.append(((stamp, writer, int(seq)), path))
     return [path for _, path in sorted(found)]
 
 

@@ -16,14 +16,17 @@ import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from .files import writer_tag
+
 LABEL_GLOB = "labels-*.jsonl"
 
 
 class LabelFile:
-    """Appends labels of one model to ``ROOT/<model>/labels-<pid>.jsonl``."""
+    """Appends labels of one model to ``ROOT/<model>/labels-<host>.<pid>.jsonl`` (one
+    writer per file: replicas may share the root)."""
 
     def __init__(self, root: Path, model: str):
-        self.path = Path(root) / model / f"labels-{os.getpid()}.jsonl"
+        self.path = Path(root) / model / f"labels-{writer_tag()}.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open)

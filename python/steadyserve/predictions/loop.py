@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import FailedPreconditionError
 from .actions import QualityActions
 from .capture import BatchCapture
-from .feedback import QualityMonitor
+from .feedback import NO_LOG, QualityMonitor
 from .writer import PredictionLog
 
 
@@ -53,7 +53,4 @@ class FeedbackLoop:
 
 
 def no_log_error() -> FailedPreconditionError:
-    return FailedPreconditionError(
-        "feedback needs the prediction log: this server runs without one (start it with "
-        "--prediction-log DIR)"
-    )
+    return FailedPreconditionError(NO_LOG)

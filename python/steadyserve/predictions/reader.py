@@ -29,17 +29,36 @@ def prediction_files(root: Path, model: str) -> list[Path]:
 
 
 def read_predictions(
-    root: Path, model: str, since: float | None = None, until: float | None = None
+    root: Path,
+    model: str,
+    since: float | None = None,
+    until: float | None = None,
+    *,
+    newest_first: bool = False,
 ) -> Iterator[dict]:
     """The logged records of ``model`` with ``since <= time < until``, file by file in
-    time order. Parquet files need pyarrow (BackendUnavailableError without it)."""
-    for path in prediction_files(root, model):
+    time order (``newest_first``: the files in reverse, each file's records as written).
+    A file last written before ``since`` is not opened (its modification time bounds its
+    records' times). Parquet files need pyarrow (BackendUnavailableError without it)."""
+    files = prediction_files(root, model)
+    for path in reversed(files) if newest_first else files:
+        if since is not None and _last_written(path) < since:
+            if newest_first:
+                return  # the older ones were written earlier still
+            continue
         for record in _read_file(path):
             if since is not None and record["time"] < since:
                 continue
             if until is not None and record["time"] >= until:
                 continue
             yield record
+
+
+def _last_written(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return float("inf")  # let the read say what is wrong with it
 
 
 def _read_file(path: Path) -> list[dict]:
