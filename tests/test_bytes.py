@@ -262,6 +262,26 @@ def test_string_input_round_trips_in_process(runtime, kind):
     np.testing.assert_array_equal(result["code"], _codes(texts))
 
 
+def test_string_tensors_round_trip_through_the_prediction_log(repo, tmp_path):
+    from steadyserve.predictions.reader import read_predictions
+
+    sent = [_texts(3, seed=1), _texts(1, seed=2)]
+    with steadyserve.Runtime(repo, models=["echo", "echo_fixed"], prediction_log=tmp_path) as rt:
+        ids = [rt.infer("echo", {"text": texts}).request_id for texts in sent]
+        fixed = np.array(TEXTS[:3], dtype=object)
+        rt.infer("echo_fixed", {"text": fixed}, request_id="unbatched")
+    records = {r["request_id"]: r for r in read_predictions(tmp_path, "echo")}
+    for rid, texts in zip(ids, sent, strict=True):
+        record = records[rid]
+        assert record["inputs"]["text"].tolist() == _encoded(texts)
+        assert record["outputs"]["echo"].tolist() == _encoded(texts)
+        np.testing.assert_array_equal(record["outputs"]["code"], _codes(texts))
+    (unbatched,) = read_predictions(tmp_path, "echo_fixed")  # one row of the model's shape
+    assert unbatched["request_id"] == "unbatched"
+    assert unbatched["inputs"]["text"].tolist() == [_encoded(fixed)]
+    assert unbatched["outputs"]["echo"].tolist() == [_encoded(fixed)]
+
+
 def test_batched_string_inputs_each_caller_gets_its_rows(runtime):
     """Callers' BYTES inputs are concatenated into one batch and the BYTES outputs cut
     back per caller: each gets exactly the strings it sent."""
