@@ -22,23 +22,25 @@ class InvalidBatchError(ValueError):
     """A LoggedBatch whose lengths disagree (ids, asked, rows, tensor rows)."""
 
 
-_VALUE_KINDS: dict[np.dtype, str] = {}  # per batch and tensor: numpy's dtype.name is slow
+# By dtype number, asked per batch and tensor: numpy's dtype.name (and hashing a dtype)
+# costs microseconds, and the writer pays it for every batch.
+_VALUE_KINDS: dict[int, str] = {}
 
 
 def value_kind(dtype: np.dtype) -> str:
     """How a tensor's values are stored: the numpy dtype name, or "bytes" for strings
     (object, ``S`` and ``U`` arrays all come back as object arrays of bytes)."""
-    known = _VALUE_KINDS.get(dtype)
+    dtype = np.dtype(dtype)
+    known = _VALUE_KINDS.get(dtype.num)
     if known is not None:
         return known
-    dtype = np.dtype(dtype)
     if dtype.kind in "OSU":
         kind = "bytes"
     elif dtype.kind in "biuf":
         kind = dtype.name
     else:
         raise InvalidBatchError(f"dtype {dtype} cannot be logged (bool, int, uint, float, bytes)")
-    _VALUE_KINDS[dtype] = kind
+    _VALUE_KINDS[dtype.num] = kind
     return kind
 
 
@@ -84,27 +86,30 @@ class ModelRecords:
 def split_by_model(batch: LoggedBatch) -> list[ModelRecords]:
     """The batch's requests grouped by the model each asked for, in order of first ask.
     InvalidBatchError when its lengths disagree."""
-    rows = np.asarray(batch.rows, dtype=np.int64).reshape(-1)
+    rows = batch.rows
+    if type(rows) is not np.ndarray or rows.dtype != np.int64 or rows.ndim != 1:
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
     n = len(batch.request_ids)
     if len(batch.asked) != n or len(rows) != n:
         raise InvalidBatchError(
             f"batch of {batch.model!r}: {n} request ids, {len(batch.asked)} asked, "
             f"{len(rows)} row counts"
         )
-    if (rows < 0).any():
+    # One request (the common batch over gRPC): no numpy reduction, which costs more here.
+    if (int(rows[0]) < 0) if n == 1 else bool((rows < 0).any()):
         raise InvalidBatchError(f"batch of {batch.model!r}: negative row counts")
-    total = int(rows.sum())
+    total = int(rows[0]) if n == 1 else int(rows.sum())
     tensors = []
     for kind in TENSOR_KINDS:
         for name, array in getattr(batch, RECORD_KEYS[kind]).items():
-            array = np.asarray(array)
+            if type(array) is not np.ndarray:
+                array = np.asarray(array)
             if array.ndim == 0 or array.shape[0] != total:
                 raise InvalidBatchError(
                     f"batch of {batch.model!r}: {kind} {name!r} has shape {array.shape}, "
                     f"the requests have {total} rows"
                 )
-            value_kind(array.dtype)
-            tensors.append((kind, name, array))
+            tensors.append((kind, name, array))  # its dtype is checked by the layout
 
     groups: dict[str, list[int]] = {}
     for i, model in enumerate(batch.asked):

@@ -32,6 +32,10 @@ log = logging.getLogger("steadyserve.predictions")
 FORMATS = ("auto", "parquet", "jsonl")
 MIB = 1024 * 1024
 ERROR_LOG_INTERVAL_S = 10.0  # a failing disk fails every batch: say so once per interval
+# Batches per write at most: building a write's columns holds the GIL in numpy and
+# pyarrow calls for about 10 us per batch, and executors wait for it meanwhile (a whole
+# second of single-request batches at once held it for 60 ms).
+WRITE_MAX_BATCHES = 256
 
 
 class PredictionLog:
@@ -186,9 +190,11 @@ class PredictionLog:
                     if wait is not None and wait <= 0:
                         break
                     self._wake.wait(wait)
-                taken = list(self._queue)
-                self._queue.clear()
-                closing, flush_ticket = self._closing, self._flush_asked
+                queue = self._queue
+                taken = [queue.popleft() for _ in range(min(len(queue), WRITE_MAX_BATCHES))]
+                closing, flush_ticket = self._closing and not queue, self._flush_asked
+                if queue:  # the rest is written next, at once: it has waited long enough
+                    flush_ticket = self._flush_done
             batches = [batch for batch, _ in taken]
             try:
                 self._close_expired()
