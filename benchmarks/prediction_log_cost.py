@@ -107,14 +107,17 @@ def main() -> None:
                 after = _log_counts(http)
                 result[name] = {
                     "req_per_s": h.get("req_per_s", 0.0),
+                    "time_for_request": h.get("time_for_request"),
                     "failed": h.get("requests", {}).get("failed"),
                     "succeeded": h.get("requests", {}).get("succeeded"),
                     "written": after["written"] - before["written"],
                     "dropped": after["dropped"] - before["dropped"],
                 }
+                t = result[name]["time_for_request"] or {}
                 eprint(
-                    f"round {r + 1} {name}: {result[name]['req_per_s']:.0f} req/s, "
-                    f"written {result[name]['written']:.0f}, dropped {result[name]['dropped']:.0f}"
+                    f"round {r + 1} {name}: {result[name]['req_per_s']:.0f} req/s, latency mean "
+                    f"{t.get('mean')} max {t.get('max')}, written {result[name]['written']:.0f}, "
+                    f"dropped {result[name]['dropped']:.0f}"
                 )
             rounds.append(result)
     finally:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -431,6 +432,11 @@ async def serve(
         poll_s=settings.repository_poll_s,
         prediction_log=_prediction_log(settings),
     )
+    # What the start loaded (modules, sessions, configs) lives as long as the server: out
+    # of the collector's way, so that a full collection scans only what came after. The
+    # prediction log's per-batch objects make full collections regular; without this
+    # each one paused the process for 50-90 ms (measured at full sampling), with it ~10.
+    gc.freeze()
     if settings.allow_fault_injection:
         log.warning(
             "fault injection is allowed: POST /v2/models/{name}/fault (steadyserve fault) "
