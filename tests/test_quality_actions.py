@@ -125,4 +125,17 @@ def test_a_breach_fails_over_until_the_kpis_recover(tmp_path):
         rt.feedback("m", _wrong_labels(rt, "m", 6))
         _wait(lambda: rt.infer("m", {"x": X}).model_name == "b", "the backup to answer")
         assert rt.failover_report()["circuits"]["m"]["state"] == "open"
+        # The backup's answers for m are labelled too: their own window, apart from m's.
+        answered = [rt.infer("m", {"x": X}) for _ in range(3)]
+        assert {r.model_name for r in answered} == {"b"}
+        rt.feedback(
+            "m", [{"id": r.request_id, "label": int(np.argmax(r["y"][0]))} for r in answered]
+        )
+
+        def backup_window():
+            found = [w for w in rt.quality.kpis() if w["answered_by"] == "b" and w["labelled"] == 3]
+            return found and found[0]
+
+        window = _wait(backup_window, "the backup's KPI window")
+        assert window["model"] == "m" and window["values"]["accuracy"] == 1.0
         _wait(lambda: rt.infer("m", {"x": X}).model_name == "m", "the primary back", 20.0)
