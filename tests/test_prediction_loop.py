@@ -271,6 +271,11 @@ def test_labels_join_and_the_kpis_equal_a_reference(tmp_path, launch):
     assert accuracy == pytest.approx(accuracy_score(labels, predicted))
     f1 = _metric(server, "steadyserve_model_f1", **labels_of)
     assert f1 == pytest.approx(f1_score(labels, predicted, average="macro", zero_division=0))
+    code, report = _http(server, "/v2/models/clf/quality")
+    assert code == 200 and report["breach"] is None and report["pending"] == 0
+    (window,) = report["windows"]
+    assert (window["answered_by"], window["version"], window["labelled"]) == ("clf", "1", 40)
+    assert window["values"]["accuracy"] == pytest.approx(accuracy)
     # Bad feedback is refused with its reason, and the server keeps serving.
     code, answer = _http(server, "/v2/models/clf/feedback", {"id": "k-1", "label": 1})
     assert code == 400 and "list" in answer["error"]
