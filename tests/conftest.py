@@ -265,10 +265,11 @@ ALERTMANAGER = shutil.which("prometheus-alertmanager") or (
     if os.access("/usr/bin/prometheus-alertmanager", os.X_OK)
     else None
 )
-ALERTMANAGER_WAIT_S = 30.0
+WAIT_S = 30.0  # the bound of a wait for something asynchronous
 
 
-def _until(predicate, what: str, timeout: float = ALERTMANAGER_WAIT_S):
+def wait_for(predicate, what: str, timeout: float = WAIT_S):
+    """``predicate()`` once it is truthy, polled; fails the test after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -310,8 +311,8 @@ def alertmanager(tmp_path):
             found = listening.search(log_path.read_text(errors="replace"))
             return found and found.group(1)
 
-        url = f"http://127.0.0.1:{_until(port, 'alertmanager to listen')}"
-        _until(lambda: _alertmanager_ready(url), "alertmanager to be ready")
+        url = f"http://127.0.0.1:{wait_for(port, 'alertmanager to listen')}"
+        wait_for(lambda: _alertmanager_ready(url), "alertmanager to be ready")
         yield url
     finally:
         proc.terminate()

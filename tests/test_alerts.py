@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import onnx_models
 import steadyserve
-from conftest import N_FEATURES, N_OUTPUTS, am_alerts, only_frontend
+from conftest import N_FEATURES, N_OUTPUTS, am_alerts, only_frontend, wait_for
 from steadyserve.config import AlertsConfig, model_config_from_mapping
 from steadyserve.errors import ConfigError, InvalidArgumentError, UnavailableError
 from steadyserve.features.stats import fit_stats, write_stats
@@ -405,17 +405,6 @@ def test_the_window_slides_over_the_kept_samples(setup):
 
 
 # -- notifications, in process -----------------------------------------------------------
-
-
-def wait_for(predicate, what: str, timeout: float = WAIT_S):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def test_alertmanager_gets_every_firing_alert_each_evaluation_the_webhook_only_changes(setup):

@@ -15,7 +15,6 @@ import functools
 import json
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -25,7 +24,7 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
 import onnx_models
-from conftest import am_alerts, linear_config, only_frontend
+from conftest import am_alerts, linear_config, only_frontend, wait_for
 from steadyserve.features.stats import fit_stats, write_stats
 from steadyserve.predictions.reader import read_predictions
 
@@ -94,17 +93,6 @@ def _metric(server, name: str, **labels) -> float | None:
             if got == want:
                 return float(value)
     return None
-
-
-def _wait(predicate, what: str, timeout: float = T):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _records(log_dir: Path, model: str = "clf") -> list[dict]:
@@ -184,7 +172,7 @@ def test_write_failures_are_counted_and_requests_still_succeed(tmp_path, launch)
     for i in range(20):
         y, _ = _infer(server, x, f"w-{i}")
         assert y.shape == (2, 3)
-    dropped = _wait(
+    dropped = wait_for(
         lambda: _metric(
             server, "steadyserve_prediction_log_dropped_total", model="clf", reason="write_error"
         ),
@@ -252,7 +240,7 @@ def test_labels_join_and_the_kpis_equal_a_reference(tmp_path, launch):
     over_grpc = _grpc_feedback(server.grpc, "clf", [(f"k-{i}", labels[i]) for i in range(20, 40)])
     assert over_grpc["accepted"] == 20
     assert [r[:2] for r in over_grpc["rejected"]] == [[20, "no-label"]]
-    labelled = _wait(
+    labelled = wait_for(
         lambda: (
             _metric(
                 server,
@@ -312,7 +300,7 @@ def test_a_breach_raises_the_quality_alert_in_a_real_alertmanager(tmp_path, laun
             if a["alertname"] == "SteadyServeModelQuality" and a["state"] == "firing"
         ]
 
-    alert = _wait(firing, "SteadyServeModelQuality to fire")[0]
+    alert = wait_for(firing, "SteadyServeModelQuality to fire")[0]
     assert alert["model"] == "clf" and alert["threshold"] == 0.9 and alert["value"] == 0.0
     assert "accuracy" in alert["description"]
     assert (
@@ -321,7 +309,7 @@ def test_a_breach_raises_the_quality_alert_in_a_real_alertmanager(tmp_path, laun
         )
         == 1
     )
-    received = _wait(
+    received = wait_for(
         lambda: am_alerts(alertmanager, "SteadyServeModelQuality", "clf"),
         "the alert in Alertmanager",
     )

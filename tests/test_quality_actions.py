@@ -6,29 +6,18 @@ until the KPIs recover."""
 from __future__ import annotations
 
 import functools
-import time
 
 import numpy as np
 import pytest
 import yaml
 
 import onnx_models
+from conftest import wait_for
 from steadyserve import Runtime
 from steadyserve.errors import FailedPreconditionError
 
 LINEAR = onnx_models.write_linear  # x [-1, 4] -> y [-1, 3]
 X = np.array([[0.5, -1.0, 2.0, 0.25]], np.float32)
-
-
-def _wait(predicate, what: str, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _quality(on_breach: str, **extra) -> dict:
@@ -72,7 +61,7 @@ def test_in_process_ids_and_feedback(tmp_path):
             found = [w for w in rt.quality.kpis() if w["labelled"] == 2]
             return found and found[0]
 
-        w = _wait(window, "both labels in the KPI window")
+        w = wait_for(window, "both labels in the KPI window")
         assert (w["model"], w["answered_by"], w["version"]) == ("m", "m", "1")
         assert w["values"]["accuracy"] == 0.5
     with Runtime(tmp_path / "repo", warmup=False) as rt:
@@ -94,7 +83,7 @@ def test_a_breach_rolls_back_to_the_replaced_version(tmp_path):
         assert rt.infer("m", {"x": X}).model_version == "2"
         answer = rt.feedback("m", _wrong_labels(rt, "m", 6))
         assert answer["accepted"] == 6
-        _wait(lambda: rt.infer("m", {"x": X}).model_version == "1", "the rollback to version 1")
+        wait_for(lambda: rt.infer("m", {"x": X}).model_version == "1", "the rollback to version 1")
         rollbacks = rt.metrics.registry.get_sample_value(
             "steadyserve_model_rollbacks_total", {"model": "m", "trigger": "quality"}
         )
@@ -123,7 +112,7 @@ def test_a_breach_fails_over_until_the_kpis_recover(tmp_path):
     with Runtime(repo, prediction_log=tmp_path / "log", warmup=False) as rt:
         assert rt.infer("m", {"x": X}).model_name == "m"
         rt.feedback("m", _wrong_labels(rt, "m", 6))
-        _wait(lambda: rt.infer("m", {"x": X}).model_name == "b", "the backup to answer")
+        wait_for(lambda: rt.infer("m", {"x": X}).model_name == "b", "the backup to answer")
         assert rt.failover_report()["circuits"]["m"]["state"] == "open"
         # The backup's answers for m are labelled too: their own window, apart from m's.
         answered = [rt.infer("m", {"x": X}) for _ in range(3)]
@@ -136,6 +125,6 @@ def test_a_breach_fails_over_until_the_kpis_recover(tmp_path):
             found = [w for w in rt.quality.kpis() if w["answered_by"] == "b" and w["labelled"] == 3]
             return found and found[0]
 
-        window = _wait(backup_window, "the backup's KPI window")
+        window = wait_for(backup_window, "the backup's KPI window")
         assert window["model"] == "m" and window["values"]["accuracy"] == 1.0
-        _wait(lambda: rt.infer("m", {"x": X}).model_name == "m", "the primary back", 20.0)
+        wait_for(lambda: rt.infer("m", {"x": X}).model_name == "m", "the primary back", 20.0)
