@@ -160,6 +160,20 @@ def test_reading_since_opens_no_file_last_written_before_it(tmp_path):
     assert list(read_predictions(tmp_path, "m", since=now - 3600)) == []
 
 
+def test_a_parquet_read_of_some_kinds_reads_only_their_columns(tmp_path):
+    log = PredictionLog(tmp_path, format="parquet")
+    b = batch([2, 1])
+    log.offer(b)
+    log.close()
+    got = {r["request_id"]: r for r in read_predictions(tmp_path, "m", kinds=("output",))}
+    want = expected(b)
+    for rid, record in got.items():
+        assert record["inputs"] == {} and record["scaled"] == {}
+        assert record["rows"] == want[rid]["rows"]
+        for name, array in want[rid]["outputs"].items():
+            assert_same(record["outputs"][name], array)
+
+
 def test_open_files_are_hidden_until_flushed(tmp_path):
     log = PredictionLog(tmp_path, format="parquet", rotate_s=3600)
     log.offer(batch([2]))

@@ -474,7 +474,10 @@ class QualityMonitor:
         try:
             # Newest first, up to what the index holds: a day of logs at full sampling is
             # more than a restart should read, and the oldest would be evicted first.
-            for record in read_predictions(self.root, model, since=since, newest_first=True):
+            records = read_predictions(
+                self.root, model, since=since, newest_first=True, kinds=("output",)
+            )
+            for record in records:
                 if len(logged) >= MAX_INDEXED_PER_MODEL:
                     break
                 outputs = record["outputs"]

@@ -104,10 +104,16 @@ def _tensor_column(array: np.ndarray, row_offsets: np.ndarray) -> pa.StructArray
     return pa.StructArray.from_arrays([lists, dims_lists], names=["values", "dims"])
 
 
-def read_parquet(path: Path) -> list[dict]:
-    """Every record of one file (as ``reader.read_predictions`` yields them). Raises
-    what pyarrow raises for a corrupt or truncated file."""
-    table = pq.read_table(path)
+def read_parquet(path: Path, kinds: tuple[str, ...] = TENSOR_KINDS) -> list[dict]:
+    """Every record of one file (as ``reader.read_predictions`` yields them), with the
+    tensors of ``kinds`` only (the others' columns are not read). Raises what pyarrow
+    raises for a corrupt or truncated file."""
+    if kinds == TENSOR_KINDS:
+        table = pq.read_table(path)
+    else:
+        names = pq.read_schema(path).names
+        wanted = [n for n in names if n in BASE_COLUMNS or n.partition(".")[0] in kinds]
+        table = pq.read_table(path, columns=wanted)
     base = {name: table.column(name).to_pylist() for name in BASE_COLUMNS}
     records = [
         {

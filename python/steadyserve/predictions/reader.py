@@ -19,6 +19,7 @@ from pathlib import Path
 from ..errors import BackendUnavailableError
 from .files import complete_files, model_folder
 from .jsonl_files import read_jsonl
+from .records import TENSOR_KINDS
 
 log = logging.getLogger("steadyserve.predictions")
 
@@ -35,18 +36,21 @@ def read_predictions(
     until: float | None = None,
     *,
     newest_first: bool = False,
+    kinds: tuple[str, ...] = TENSOR_KINDS,
 ) -> Iterator[dict]:
     """The logged records of ``model`` with ``since <= time < until``, file by file in
     time order (``newest_first``: the files in reverse, each file's records as written).
     A file last written before ``since`` is not opened (its modification time bounds its
-    records' times). Parquet files need pyarrow (BackendUnavailableError without it)."""
+    records' times). ``kinds``: the tensors wanted ("input", "scaled", "output"); a
+    Parquet file's other columns are not read. Parquet files need pyarrow
+    (BackendUnavailableError without it)."""
     files = prediction_files(root, model)
     for path in reversed(files) if newest_first else files:
         if since is not None and _last_written(path) < since:
             if newest_first:
                 return  # the older ones were written earlier still
             continue
-        for record in _read_file(path):
+        for record in _read_file(path, kinds):
             if since is not None and record["time"] < since:
                 continue
             if until is not None and record["time"] >= until:
@@ -61,7 +65,7 @@ def _last_written(path: Path) -> float:
         return float("inf")  # let the read say what is wrong with it
 
 
-def _read_file(path: Path) -> list[dict]:
+def _read_file(path: Path, kinds: tuple[str, ...]) -> list[dict]:
     if path.suffix == ".jsonl":
         try:
             records, bad = read_jsonl(path)
@@ -81,7 +85,7 @@ def _read_file(path: Path) -> list[dict]:
             f"reading {path} needs pyarrow ({e}); install steadyserve[parquet]"
         ) from e
     try:
-        return read_parquet(path)
+        return read_parquet(path, kinds)
     except Exception as e:  # pyarrow raises several types for a damaged file
         log.warning("prediction log file %s skipped: it is damaged or truncated (%s)", path, e)
         return []
