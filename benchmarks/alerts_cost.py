@@ -26,7 +26,6 @@ import re
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -44,6 +43,7 @@ from common import (
     machine_info,
     md_table,
     parse_h2load,
+    serve_cmd,
     spread,
     stamp,
     write_json,
@@ -104,8 +104,7 @@ def start_alertmanager(workdir: Path):
 
 
 def one_run(repo: Path, frame: Path, flags: list[str], args, workdir: Path, name: str) -> dict:
-    cmd = [sys.executable, "-m", "steadyserve", "serve", str(repo), "--host", "127.0.0.1"]
-    cmd += ["--grpc-port", "0", "--http-port", "0", *flags]
+    cmd = serve_cmd(repo, *flags)
     server = Server(name, cmd, READY_RE, workdir / f"{name}.log", timeout=120)
     try:
         grpc_url = f"{server.match.group(1)}:{server.match.group(2)}"

@@ -423,6 +423,15 @@ def demo_repo_at(repo: Path) -> DemoRepo:
     )
 
 
+def serve_cmd(repo: Path, *flags: str) -> list[str]:
+    """`steadyserve serve REPO` on 127.0.0.1 with ports the kernel picks (the server's
+    ready line says which: grpc_load.READY_RE), and ``flags``."""
+    return [
+        sys.executable, "-m", "steadyserve", "serve", str(repo), "--host", "127.0.0.1",
+        "--grpc-port", "0", "--http-port", "0", *flags,
+    ]  # fmt: skip
+
+
 def override_config(repo: Path, overrides: list[str], model: str = MODEL) -> str | None:
     """Apply `key.path=value` overrides (YAML values) to REPO/<model>/config.yaml; returns
     the new text. E.g. ``batching.max_queue_delay_us=500``, ``instances=2``."""

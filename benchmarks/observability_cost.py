@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import http.server
 import subprocess
-import sys
 import tempfile
 import threading
 import urllib.request
@@ -41,6 +40,7 @@ from common import (
     machine_info,
     md_table,
     parse_h2load,
+    serve_cmd,
     spread,
     stamp,
     write_json,
@@ -100,10 +100,7 @@ def main() -> None:
     sink = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
     threading.Thread(target=sink.serve_forever, daemon=True).start()
     alertmanager = f"http://127.0.0.1:{sink.server_address[1]}"
-    base = [
-        sys.executable, "-m", "steadyserve", "serve", str(demo.root), "--host", "127.0.0.1",
-        "--grpc-port", "0", "--http-port", "0",
-    ]  # fmt: skip
+    base = serve_cmd(demo.root)
     alerts = ["--alertmanager-url", alertmanager, "--alert-interval-s", "1"]
     configs = {
         "off": ([], False),

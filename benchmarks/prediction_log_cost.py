@@ -26,12 +26,10 @@ from __future__ import annotations
 
 import argparse
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import yaml
 from common import (
     MODEL,
     N_FEATURES,
@@ -40,7 +38,9 @@ from common import (
     h2load_cmd,
     machine_info,
     md_table,
+    override_config,
     parse_h2load,
+    serve_cmd,
     spread,
     stamp,
     write_json,
@@ -54,10 +54,7 @@ RATES = {"off": None, "1%": 0.01, "100%": 1.0}
 def _repo(root: Path, rate: float | None) -> Path:
     demo = build_demo_repo(root)
     if rate is not None:
-        config_path = demo.root / MODEL / "config.yaml"
-        config = yaml.safe_load(config_path.read_text()) or {}
-        config["prediction_log"] = {"sample_rate": rate}
-        config_path.write_text(yaml.safe_dump(config))
+        override_config(demo.root, [f"prediction_log.sample_rate={rate}"])
     return demo.root
 
 
@@ -87,10 +84,7 @@ def main() -> None:
     try:
         for name, rate in RATES.items():
             repo = _repo(tmp / f"repo-{len(servers)}", rate)
-            cmd = [
-                sys.executable, "-m", "steadyserve", "serve", str(repo), "--host", "127.0.0.1",
-                "--grpc-port", "0", "--http-port", "0",
-            ]  # fmt: skip
+            cmd = serve_cmd(repo)
             if rate is not None:
                 cmd += ["--prediction-log", str(tmp / f"log-{len(servers)}")]
             servers[name] = Server(name, cmd, READY_RE, tmp / f"server-{len(servers)}.log", 120)

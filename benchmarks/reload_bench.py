@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -50,6 +49,7 @@ from common import (
     parse_h2load,
     percentiles,
     read_h2load_log,
+    serve_cmd,
     spread,
     stamp,
     write_json,
@@ -143,11 +143,9 @@ def main() -> None:
     from common import INPUT, ort_session
 
     want = ort_session(demo.model_path).run(None, {INPUT: row})[0]
-    cmd = [
-        sys.executable, "-m", "steadyserve", "serve", str(demo.root), "--host", "127.0.0.1",
-        "--grpc-port", "0", "--http-port", "0", "--model-control-mode", "explicit",
-        "--load-model", "*", "--log-level", "warning",
-    ]  # fmt: skip
+    cmd = serve_cmd(
+        demo.root, "--model-control-mode", "explicit", "--load-model", "*", "--log-level", "warning"
+    )
     server = Server("native", cmd, READY_RE, tmp / "server.log", 120)
     grpc_url = f"{server.match.group(1)}:{server.match.group(2)}"
     http = f"http://{server.match.group(3)}:{server.match.group(4)}"

@@ -37,9 +37,21 @@ class LoggedBatch:
 
     def starts(self) -> np.ndarray:
         """First row of each request."""
-        starts = np.zeros(len(self.rows), dtype=np.int64)
-        np.cumsum(self.rows[:-1], out=starts[1:])
-        return starts
+        return row_offsets(self.rows)[:-1]
+
+
+def row_offsets(rows: np.ndarray) -> np.ndarray:
+    """[requests + 1]: request i has the rows ``[offsets[i], offsets[i + 1])`` of tensors
+    that hold the requests' rows one request after the other."""
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(rows, out=offsets[1:])
+    return offsets
+
+
+def row_index(starts: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The rows of requests that start at ``starts`` with ``rows`` rows each, in order."""
+    total = int(rows.sum())
+    return np.repeat(starts - row_offsets(rows)[:-1], rows) + np.arange(total, dtype=np.int64)
 
 
 def _tensor_bytes(array: np.ndarray) -> int:
@@ -73,7 +85,7 @@ class BatchCapture:
         if not self._batched:
             values = [np.asarray(v)[np.newaxis] for v in values]
         elif len(rows) != batch.requests:
-            index = _row_index(logged.offsets, rows)
+            index = row_index(logged.offsets, rows)
             values = [np.asarray(v)[index] for v in values]
         scaled = {
             name: array
@@ -93,11 +105,3 @@ class BatchCapture:
                 outputs=dict(zip(self._outputs, values, strict=True)),
             )
         )
-
-
-def _row_index(offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """The batch rows of requests starting at ``offsets`` with ``rows`` rows each."""
-    total = int(rows.sum())
-    starts = np.zeros(len(rows), dtype=np.int64)
-    np.cumsum(rows[:-1], out=starts[1:])
-    return np.repeat(offsets - starts, rows) + np.arange(total, dtype=np.int64)

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .capture import row_offsets
 from .files import LogFile
 from .records import RECORD_KEYS, TENSOR_KINDS, ModelRecords, flat_bytes, flat_numbers
 
@@ -68,8 +69,7 @@ def _table(parts: list[ModelRecords]) -> pa.Table:
     answered_by = each([part.answered_by for part in parts])
     models = each([part.model for part in parts])
     rows = np.concatenate([part.rows for part in parts]).astype(np.int64)
-    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum(rows, out=offsets[1:])
+    offsets = row_offsets(rows)
     columns = {
         "request_id": pa.array([i for part in parts for i in part.request_ids], pa.string()),
         "time": pa.array(np.repeat([part.time for part in parts], counts).astype(np.float64)),

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .capture import LoggedBatch
+from .capture import LoggedBatch, row_index, row_offsets
 
 # Tensor kinds in the order their columns are written; the record dict keys of each.
 TENSOR_KINDS = ("input", "scaled", "output")
@@ -78,9 +78,7 @@ class ModelRecords:
 
     def offsets(self) -> np.ndarray:
         """Row offsets of the requests: request i is rows ``[offsets[i], offsets[i+1])``."""
-        out = np.zeros(len(self.rows) + 1, dtype=np.int64)
-        np.cumsum(self.rows, out=out[1:])
-        return out
+        return row_offsets(self.rows)
 
 
 def split_by_model(batch: LoggedBatch) -> list[ModelRecords]:
@@ -118,14 +116,11 @@ def split_by_model(batch: LoggedBatch) -> list[ModelRecords]:
         (model,) = groups
         return [_records(batch, model, batch.request_ids, rows, tensors)]
 
-    starts = np.zeros(n, dtype=np.int64)
-    np.cumsum(rows[:-1], out=starts[1:])
+    starts = row_offsets(rows)[:-1]
     out = []
     for model, members in groups.items():
         index = np.asarray(members, dtype=np.int64)
-        take = np.concatenate(
-            [np.arange(starts[i], starts[i] + rows[i], dtype=np.int64) for i in members]
-        )
+        take = row_index(starts[index], rows[index])
         part = [(kind, name, array[take]) for kind, name, array in tensors]
         ids = [batch.request_ids[i] for i in members]
         out.append(_records(batch, model, ids, rows[index], part))

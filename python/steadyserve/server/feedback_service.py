@@ -10,7 +10,7 @@ import asyncio
 import grpc
 
 from .._proto import feedback_pb2 as fb
-from .grpc_service import _unary_handler
+from .grpc_service import unary_handler
 
 SERVICE_NAME = "steadyserve.v1.Feedback"
 assert fb.DESCRIPTOR.services_by_name["Feedback"].full_name == SERVICE_NAME
@@ -46,7 +46,7 @@ def add_feedback_service(runtime, server: grpc.aio.Server) -> None:
         )
 
     handlers = {
-        "ModelFeedback": _unary_handler(
+        "ModelFeedback": unary_handler(
             "ModelFeedback", model_feedback, fb.ModelFeedbackRequest, fb.ModelFeedbackResponse
         )
     }

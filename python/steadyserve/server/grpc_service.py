@@ -290,7 +290,9 @@ def _message_class(descriptor):
     return message_factory.GetMessageClass(descriptor)
 
 
-def _unary_handler(name: str, impl: Callable[..., Awaitable], request_cls, response_cls):
+def unary_handler(name: str, impl: Callable[..., Awaitable], request_cls, response_cls):
+    """A unary method of ours: parse ``request_cls``, await ``impl``, errors mapped once
+    (``abort_with``); for any service this server registers."""
     what = request_cls.DESCRIPTOR.name
 
     async def handler(data: bytes, context):
@@ -569,7 +571,7 @@ def add_inference_service(servicer: InferenceServicer, server: grpc.aio.Server) 
         elif impl is None or method.client_streaming or method.server_streaming:
             handlers[method.name] = _unimplemented_handler(method)
         else:
-            handlers[method.name] = _unary_handler(
+            handlers[method.name] = unary_handler(
                 method.name,
                 impl,
                 _message_class(method.input_type),
